@@ -1,0 +1,313 @@
+"""Every config key detgn knows, with its default.
+
+Defaults follow the GN paper's Mask R-CNN setting (REFERENCE.md): an R50-FPN
+Mask R-CNN fine-tuned with frozen BN, Detectron's BGR pixel means, a schedule
+written for 16 images per iteration that the trainer rescales linearly to the
+real number of images per iteration. YAML files inherit from these and state
+only what differs.
+"""
+from yacs.config import CfgNode as CN
+
+_C = CN()
+# Bumped when a key is renamed or its meaning changes.
+_C.VERSION = 1
+
+# ---------------------------------------------------------------------------- #
+# Model
+# ---------------------------------------------------------------------------- #
+_C.MODEL = CN()
+# The meta-architecture; "GeneralizedRCNN" is Mask R-CNN / Faster R-CNN.
+_C.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+# Predict masks (Mask R-CNN) in addition to boxes.
+_C.MODEL.MASK_ON = True
+# "cpu", "cuda" or "cuda:N". Under torchrun each process uses its LOCAL_RANK GPU.
+_C.MODEL.DEVICE = "cpu"
+# Weights to start from: a path, a URL or a model-zoo name
+# ("detgn://ImageNetPretrained/R-50-GN"). "" trains from scratch.
+_C.MODEL.WEIGHTS = ""
+# Per-channel mean and std of the input, in the order of INPUT.FORMAT. Detectron's
+# BGR means and a std of 1 (no division), matching Caffe2 pre-trained models.
+_C.MODEL.PIXEL_MEAN = [102.9801, 115.9465, 122.7717]
+_C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]
+# Default for every RoIAlign: True uses the half-pixel-corrected RoIAlign, False
+# the legacy Detectron/torchvision convention. Each head may override it below.
+_C.MODEL.POOLER_ALIGNED = True
+
+# ---------------------------------------------------------------------------- #
+# Backbone
+# ---------------------------------------------------------------------------- #
+_C.MODEL.BACKBONE = CN()
+# "build_resnet_fpn_backbone" (FPN) or "build_resnet_c4_backbone" (C4).
+_C.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+# 0: nothing frozen (from scratch, StopGrad off); 1: the stem; k >= 2: stem and
+# res2..resk. Frozen BN-type norms in frozen stages become FrozenBN.
+_C.MODEL.BACKBONE.FREEZE_AT = 2
+
+# ---------------------------------------------------------------------------- #
+# ResNet
+# ---------------------------------------------------------------------------- #
+_C.MODEL.RESNETS = CN()
+# 18, 34 (basic blocks), 50, 101, 152 (bottleneck blocks).
+_C.MODEL.RESNETS.DEPTH = 50
+# Stages whose outputs the backbone returns (C4 uses ["res4"]).
+_C.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+# Norm of every ResNet conv: "FrozenBN" (BN*), "GN", "LN", "IN", "BN", "SyncBN", "".
+_C.MODEL.RESNETS.NORM = "FrozenBN"
+# Groups and width per group of the 3x3 conv (1 x 64 is plain ResNet).
+_C.MODEL.RESNETS.NUM_GROUPS = 1
+_C.MODEL.RESNETS.WIDTH_PER_GROUP = 64
+# Channels of the stem output and of res2's output.
+_C.MODEL.RESNETS.STEM_OUT_CHANNELS = 64
+_C.MODEL.RESNETS.RES2_OUT_CHANNELS = 256
+# Put the stride on the 3x3 conv (True, as in the paper's models) or the first 1x1.
+_C.MODEL.RESNETS.STRIDE_IN_1X1 = False
+# Dilation of res5 (1 or 2).
+_C.MODEL.RESNETS.RES5_DILATION = 1
+
+# ---------------------------------------------------------------------------- #
+# FPN
+# ---------------------------------------------------------------------------- #
+_C.MODEL.FPN = CN()
+# Backbone stages the pyramid is built on.
+_C.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+# Channels of every pyramid level.
+_C.MODEL.FPN.OUT_CHANNELS = 256
+# Norm of the lateral and output convs ("" keeps a conv bias and no norm).
+_C.MODEL.FPN.NORM = ""
+# How the top-down path is merged: "sum" or "avg".
+_C.MODEL.FPN.FUSE_TYPE = "sum"
+
+# ---------------------------------------------------------------------------- #
+# Group Normalization (used by every part whose NORM is GN)
+# ---------------------------------------------------------------------------- #
+_C.MODEL.GROUP_NORM = CN()
+# Number of groups; -1 to use DIM_PER_GP instead. Exactly one of the two is > 0.
+_C.MODEL.GROUP_NORM.NUM_GROUPS = 32
+# Channels per group; -1 to use NUM_GROUPS instead.
+_C.MODEL.GROUP_NORM.DIM_PER_GP = -1
+# Epsilon added to the variance.
+_C.MODEL.GROUP_NORM.EPSILON = 1e-5
+
+# ---------------------------------------------------------------------------- #
+# Anchors
+# ---------------------------------------------------------------------------- #
+_C.MODEL.ANCHOR_GENERATOR = CN()
+# One list of sizes per feature map: FPN uses one size per level, C4 all five on
+# its single map ([[32, 64, 128, 256, 512]]).
+_C.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]
+# Aspect ratios (height / width) of the anchors at every location.
+_C.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
+# Offset of the first anchor centre, as a fraction of the stride.
+_C.MODEL.ANCHOR_GENERATOR.OFFSET = 0.0
+
+# ---------------------------------------------------------------------------- #
+# RPN
+# ---------------------------------------------------------------------------- #
+_C.MODEL.RPN = CN()
+# Feature maps the RPN runs on (C4: ["res4"]).
+_C.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+# Anchors crossing the image border by more than this many pixels are ignored
+# in training; -1 keeps them all.
+_C.MODEL.RPN.BOUNDARY_THRESH = -1
+# IoU below the first value is negative, above the second positive.
+_C.MODEL.RPN.IOU_THRESHOLDS = [0.3, 0.7]
+# Anchors sampled per image for the RPN loss, and their positive fraction.
+_C.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 256
+_C.MODEL.RPN.POSITIVE_FRACTION = 0.5
+# Weights of the (dx, dy, dw, dh) box coding.
+_C.MODEL.RPN.BBOX_REG_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+# Smooth-L1 beta for the RPN box loss (0 gives L1).
+_C.MODEL.RPN.SMOOTH_L1_BETA = 0.0
+# Weight of the RPN losses.
+_C.MODEL.RPN.LOSS_WEIGHT = 1.0
+# Top-k proposals kept per feature level before NMS, in training and at test.
+_C.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 2000
+_C.MODEL.RPN.PRE_NMS_TOPK_TEST = 1000
+# Proposals kept per image after NMS (over all levels).
+_C.MODEL.RPN.POST_NMS_TOPK_TRAIN = 1000
+_C.MODEL.RPN.POST_NMS_TOPK_TEST = 1000
+# NMS IoU threshold of the proposals.
+_C.MODEL.RPN.NMS_THRESH = 0.7
+# Channels of the RPN's shared 3x3 conv (-1: same as its input).
+_C.MODEL.RPN.CONV_DIMS = [-1]
+
+# ---------------------------------------------------------------------------- #
+# RoI heads
+# ---------------------------------------------------------------------------- #
+_C.MODEL.ROI_HEADS = CN()
+# "StandardROIHeads" (FPN: separate box and mask heads) or "Res5ROIHeads" (C4).
+_C.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+# Number of foreground classes (COCO: 80).
+_C.MODEL.ROI_HEADS.NUM_CLASSES = 80
+# Feature maps the RoI heads pool from (C4: ["res4"]).
+_C.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+# RoIs sampled per image in training and their foreground fraction.
+_C.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 512
+_C.MODEL.ROI_HEADS.POSITIVE_FRACTION = 0.25
+# IoU >= this with a ground-truth box makes a RoI foreground.
+_C.MODEL.ROI_HEADS.IOU_THRESHOLDS = [0.5]
+# Add the ground-truth boxes to the proposals in training.
+_C.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT = True
+# Detections with a lower score are dropped at test time.
+_C.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
+# Per-class NMS IoU threshold at test time.
+_C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5
+
+# ---------------------------------------------------------------------------- #
+# Box head
+# ---------------------------------------------------------------------------- #
+_C.MODEL.ROI_BOX_HEAD = CN()
+# "2fc" is NUM_CONV=0, NUM_FC=2; "4conv1fc" is NUM_CONV=4, NUM_FC=1.
+_C.MODEL.ROI_BOX_HEAD.NUM_CONV = 0
+_C.MODEL.ROI_BOX_HEAD.CONV_DIM = 256
+_C.MODEL.ROI_BOX_HEAD.NUM_FC = 2
+_C.MODEL.ROI_BOX_HEAD.FC_DIM = 1024
+# Norm of the box head convs ("", "GN", ...). FC layers take no norm.
+_C.MODEL.ROI_BOX_HEAD.NORM = ""
+# RoIAlign output size and sampling ratio of the box head.
+_C.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7
+_C.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 2
+# Per-head RoIAlign convention; null follows MODEL.POOLER_ALIGNED.
+_C.MODEL.ROI_BOX_HEAD.POOLER_ALIGNED = None
+# Weights of the (dx, dy, dw, dh) coding of the second stage.
+_C.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+# Smooth-L1 beta of the box regression loss (0 gives L1).
+_C.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA = 0.0
+# Class-agnostic regression (one box per RoI) instead of one per class.
+_C.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = False
+
+# ---------------------------------------------------------------------------- #
+# Mask head
+# ---------------------------------------------------------------------------- #
+_C.MODEL.ROI_MASK_HEAD = CN()
+# Number and width of the 3x3 convs before the 2x2 deconv.
+_C.MODEL.ROI_MASK_HEAD.NUM_CONV = 4
+_C.MODEL.ROI_MASK_HEAD.CONV_DIM = 256
+# Norm of the mask head convs.
+_C.MODEL.ROI_MASK_HEAD.NORM = ""
+# RoIAlign output size (masks are predicted at twice this size).
+_C.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = 14
+_C.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = 2
+# Per-head RoIAlign convention; null follows MODEL.POOLER_ALIGNED.
+_C.MODEL.ROI_MASK_HEAD.POOLER_ALIGNED = None
+# One mask per RoI instead of one per class.
+_C.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK = False
+
+# ---------------------------------------------------------------------------- #
+# Input
+# ---------------------------------------------------------------------------- #
+_C.INPUT = CN()
+# Shorter side in training: one size is drawn per image from this list.
+_C.INPUT.MIN_SIZE_TRAIN = (800,)
+# Longer side cap in training.
+_C.INPUT.MAX_SIZE_TRAIN = 1333
+# Shorter side and longer side cap at test time.
+_C.INPUT.MIN_SIZE_TEST = 800
+_C.INPUT.MAX_SIZE_TEST = 1333
+# Probability of a horizontal flip in training.
+_C.INPUT.RANDOM_FLIP = 0.5
+# Channel order the model sees: "BGR" (Caffe2 / Detectron weights) or "RGB".
+_C.INPUT.FORMAT = "BGR"
+# Masks as "polygon" or "bitmask" in training (RLE annotations are bitmasks).
+_C.INPUT.MASK_FORMAT = "polygon"
+
+# ---------------------------------------------------------------------------- #
+# Datasets
+# ---------------------------------------------------------------------------- #
+_C.DATASETS = CN()
+# Names registered in detgn.data.DatasetCatalog.
+_C.DATASETS.TRAIN = ("coco_2017_train",)
+_C.DATASETS.TEST = ("coco_2017_val",)
+# What to do with a bad annotation (degenerate or out-of-image box, invalid
+# polygon, unknown category): "error" stops with the record named, "skip"
+# drops it, counts it and summarises the counts in the log.
+_C.DATASETS.ON_BAD_ANNOTATION = "error"
+
+# ---------------------------------------------------------------------------- #
+# Data loader
+# ---------------------------------------------------------------------------- #
+_C.DATALOADER = CN()
+# Worker processes per training process (0 loads in the main process).
+_C.DATALOADER.NUM_WORKERS = 2
+# Group images of like aspect ratio into a batch (only matters with IMS_PER_GPU > 1).
+_C.DATALOADER.ASPECT_RATIO_GROUPING = True
+# Drop training images that have no usable annotation.
+_C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
+# Images that fail to read in training are skipped and counted; training stops
+# with an error once more than this many have failed (0: the first one stops it).
+_C.DATALOADER.MAX_BAD_IMAGES = 10
+
+# ---------------------------------------------------------------------------- #
+# Solver
+# ---------------------------------------------------------------------------- #
+_C.SOLVER = CN()
+# Images per process (per GPU). The paper fine-tunes with 1 image per GPU.
+_C.SOLVER.IMS_PER_GPU = 1
+# Total images per iteration that BASE_LR, MAX_ITER, STEPS and WARMUP_ITERS are
+# written for. The trainer applies the linear scaling rule to the actual
+# world_size x IMS_PER_GPU.
+_C.SOLVER.REFERENCE_IMS_PER_BATCH = 16
+# Rescale the schedule to the actual batch (False: use the numbers as written).
+_C.SOLVER.SCALE_SCHEDULE = True
+# Learning rate for the reference batch.
+_C.SOLVER.BASE_LR = 0.02
+# Iterations of the schedule at the reference batch ("2x" = 180k, "long" = 270k).
+_C.SOLVER.MAX_ITER = 180000
+# Iterations at which the LR is multiplied by GAMMA.
+_C.SOLVER.STEPS = (120000, 160000)
+_C.SOLVER.GAMMA = 0.1
+# Linear warmup from WARMUP_FACTOR x LR over WARMUP_ITERS iterations.
+_C.SOLVER.WARMUP_ITERS = 500
+_C.SOLVER.WARMUP_FACTOR = 1.0 / 3
+_C.SOLVER.MOMENTUM = 0.9
+# Weight decay of conv/fc weights.
+_C.SOLVER.WEIGHT_DECAY = 1e-4
+# Weight decay of every normalization layer's gamma and beta (GN, BN, LN, IN).
+_C.SOLVER.WEIGHT_DECAY_NORM = 0.0
+# LR multiplier and weight decay of biases.
+_C.SOLVER.BIAS_LR_FACTOR = 1.0
+_C.SOLVER.WEIGHT_DECAY_BIAS = 1e-4
+# Save a checkpoint every this many iterations (of the rescaled schedule).
+_C.SOLVER.CHECKPOINT_PERIOD = 5000
+# Keep this many most recent periodic checkpoints (model_final is always kept).
+_C.SOLVER.MAX_TO_KEEP = 3
+# Clip gradients to this total norm (0 disables).
+_C.SOLVER.CLIP_GRADIENTS = 0.0
+# When the schedule in the config differs from the one in a resumed checkpoint:
+# "apply" uses the config's (and says so), "refuse" stops with a message.
+_C.SOLVER.ON_SCHEDULE_CHANGE = "apply"
+_C.SOLVER.AMP = CN()
+# Mixed precision on CUDA (ignored, with a notice, on the CPU).
+_C.SOLVER.AMP.ENABLED = False
+
+# ---------------------------------------------------------------------------- #
+# Test
+# ---------------------------------------------------------------------------- #
+_C.TEST = CN()
+# Evaluate every this many iterations (0: only at the end).
+_C.TEST.EVAL_PERIOD = 0
+# Detections kept per image.
+_C.TEST.DETECTIONS_PER_IMAGE = 100
+
+# ---------------------------------------------------------------------------- #
+# Misc
+# ---------------------------------------------------------------------------- #
+# Everything a run writes: config dump, logs, metrics, checkpoints, results.
+_C.OUTPUT_DIR = "./output"
+# Random seed; < 0 draws one (and logs it).
+_C.SEED = 0
+# Print the resolved schedule, norms and parameter groups at start-up.
+_C.VERBOSE_STARTUP = True
+# Run-time speed switches (the paper configs leave them off).
+_C.CPU = CN()
+# Use channels-last memory format for the model and inputs.
+_C.CPU.CHANNELS_LAST = False
+# Run the forward pass under bfloat16 autocast on the CPU.
+_C.CPU.BF16 = False
+# torch.set_num_threads; 0 keeps torch's default.
+_C.CPU.NUM_THREADS = 0
+
+
+def get_cfg() -> CN:
+    """A fresh, mutable copy of the defaults."""
+    return _C.clone()

@@ -1,0 +1,25 @@
+"""detgn: Mask R-CNN with Group Normalization, Detectron-style, in PyTorch."""
+from setuptools import find_packages, setup
+
+setup(
+    name="detgn",
+    version="0.1.0",
+    description="Mask R-CNN toolkit for COCO detection and segmentation built around Group Normalization",
+    packages=find_packages(include=["detgn", "detgn.*"]),
+    python_requires=">=3.10",
+    # Unpinned torch/torchvision: pip picks a matching pair, so torchvision's
+    # compiled ops (nms, roi_align) load. Never pin torchvision alone.
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "pycocotools>=2.0.6",
+        "fvcore>=0.1.5",
+        "opencv-python-headless>=4.5",
+        "yacs>=0.1.8",
+        "numpy",
+        "pyyaml",
+        "matplotlib",
+        "tensorboard",
+    ],
+    extras_require={"dev": ["pytest>=7", "pytest-timeout"]},
+)
