@@ -188,7 +188,10 @@ def _merge_into(cfg: CN, data: Dict[str, Any], root: CN, prefix: str = "") -> No
         else:
             if isinstance(cfg[k], CN):
                 raise ConfigError(f"Config key '{full}' (in {v.source}) is a section; set its keys")
-            cfg[k] = _check_type(full, cfg[k], v.value, str(v.source))
+            value = v.value
+            if isinstance(value, str) and cfg[k] is not None and not isinstance(cfg[k], str):
+                value = _decode_value(value)  # e.g. ("coco_2017_train",) written in YAML
+            cfg[k] = _check_type(full, cfg[k], value, str(v.source))
 
 
 def _first_source(d: Dict[str, Any]) -> str:
