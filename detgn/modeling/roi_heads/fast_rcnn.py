@@ -1,0 +1,234 @@
+"""The second stage's box predictor: class scores and per-class box deltas of each RoI.
+
+Classes: ``cls_score`` has K + 1 outputs, foreground classes 0..K-1 and the
+background LAST (index K); ``bbox_pred`` has 4K outputs, a box per foreground class
+(or 4 when class-agnostic). Holds the pure loss and inference functions and the
+``FastRCNNOutputLayers`` module.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detgn.layers import batched_nms
+from detgn.layers.shape_spec import ShapeSpec
+from detgn.modeling.box_regression import Box2BoxTransform, smooth_l1_loss
+from detgn.structures import Boxes, Instances
+
+
+def fast_rcnn_losses(
+    pred_class_logits: torch.Tensor,
+    pred_proposal_deltas: torch.Tensor,
+    gt_classes: torch.Tensor,
+    proposal_boxes: torch.Tensor,
+    gt_boxes: torch.Tensor,
+    box2box_transform: Box2BoxTransform,
+    smooth_l1_beta: float = 0.0,
+) -> Dict[str, torch.Tensor]:
+    """Classification and box-regression losses of the sampled RoIs of a batch.
+
+    Args:
+        pred_class_logits: (R, K + 1) logits, background last.
+        pred_proposal_deltas: (R, 4K) class-specific or (R, 4) class-agnostic deltas.
+        gt_classes: (R,) int64 in [0, K]; K is background.
+        proposal_boxes: (R, 4) RoI boxes.
+        gt_boxes: (R, 4) matched ground-truth boxes (ignored for background RoIs).
+        box2box_transform: the coding of the regression targets.
+        smooth_l1_beta: 0 for L1.
+    Returns:
+        ``loss_cls``: cross-entropy averaged over the R RoIs;
+        ``loss_box_reg``: (smooth-)L1 summed over foreground RoIs' deltas of their
+        ground-truth class, divided by R (so background RoIs count in the mean).
+        Both are 0, still connected to the predictions, when R == 0 or nothing is foreground.
+    """
+    num_rois = pred_class_logits.shape[0]
+    num_classes = pred_class_logits.shape[1] - 1
+    if num_rois == 0:
+        zero = pred_class_logits.sum() * 0.0 + pred_proposal_deltas.sum() * 0.0
+        return {"loss_cls": zero, "loss_box_reg": zero.clone()}
+    loss_cls = F.cross_entropy(pred_class_logits, gt_classes, reduction="mean")
+
+    fg_inds = ((gt_classes >= 0) & (gt_classes < num_classes)).nonzero().squeeze(1)
+    if fg_inds.numel() == 0:
+        # Multiplying by 0 keeps every parameter of the predictor in the graph (DDP).
+        return {"loss_cls": loss_cls, "loss_box_reg": pred_proposal_deltas.sum() * 0.0}
+    box_dim = 4
+    if pred_proposal_deltas.shape[1] == box_dim:  # class-agnostic
+        fg_deltas = pred_proposal_deltas[fg_inds]
+    else:
+        fg_deltas = pred_proposal_deltas.view(num_rois, -1, box_dim)[fg_inds, gt_classes[fg_inds]]
+    gt_deltas = box2box_transform.get_deltas(proposal_boxes[fg_inds], gt_boxes[fg_inds])
+    loss_box_reg = smooth_l1_loss(fg_deltas, gt_deltas, smooth_l1_beta) / num_rois
+    return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg}
+
+
+def fast_rcnn_inference_single_image(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    image_shape: Tuple[int, int],
+    score_thresh: float,
+    nms_thresh: float,
+    topk_per_image: int,
+) -> Tuple[Instances, torch.Tensor]:
+    """Detections of one image.
+
+    Args:
+        boxes: (R, 4K) or (R, 4) decoded boxes.
+        scores: (R, K + 1) class probabilities, background last.
+    Returns:
+        Instances with ``pred_boxes``, ``scores``, ``pred_classes``, and the (D,)
+        indices of the RoIs each detection came from.
+    """
+    valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
+    roi_inds = torch.arange(boxes.shape[0], device=boxes.device)
+    if not valid.all():
+        boxes, scores, roi_inds = boxes[valid], scores[valid], roi_inds[valid]
+    scores = scores[:, :-1]
+    num_rois, num_classes = scores.shape
+    boxes_per_roi = boxes.shape[1] // 4
+    clipped = Boxes(boxes.reshape(-1, 4))
+    clipped.clip(image_shape)
+    boxes = clipped.tensor.view(num_rois, boxes_per_roi, 4)
+    if boxes_per_roi == 1 and num_classes > 1:  # class-agnostic: one box for every class
+        boxes = boxes.expand(num_rois, num_classes, 4)
+
+    keep_mask = scores > score_thresh
+    nz = keep_mask.nonzero()  # (D, 2): RoI index, class
+    boxes = boxes[nz[:, 0], nz[:, 1]]
+    scores = scores[keep_mask]
+    keep = batched_nms(boxes, scores, nz[:, 1], nms_thresh)
+    if topk_per_image >= 0:
+        keep = keep[:topk_per_image]
+    boxes, scores, nz = boxes[keep], scores[keep], nz[keep]
+    result = Instances(image_shape, pred_boxes=Boxes(boxes), scores=scores, pred_classes=nz[:, 1])
+    return result, roi_inds[nz[:, 0]]
+
+
+def fast_rcnn_inference(
+    boxes: Sequence[torch.Tensor],
+    scores: Sequence[torch.Tensor],
+    image_shapes: Sequence[Tuple[int, int]],
+    score_thresh: float,
+    nms_thresh: float,
+    topk_per_image: int,
+) -> Tuple[List[Instances], List[torch.Tensor]]:
+    """Per image: drop low scores, per-class NMS (``batched_nms``), keep the top-k.
+
+    Args:
+        boxes: per image (R_i, 4K) decoded boxes (or (R_i, 4) class-agnostic).
+        scores: per image (R_i, K + 1) probabilities, background last.
+        image_shapes: per image (h, w) the boxes are clipped to.
+        score_thresh: detections must score strictly above this.
+        nms_thresh: per-class NMS IoU.
+        topk_per_image: detections kept per image (< 0 keeps all).
+    Returns:
+        per image Instances (``pred_boxes``, ``scores``, ``pred_classes``), and per
+        image the indices of the RoIs the detections came from.
+    """
+    outs = [
+        fast_rcnn_inference_single_image(b, s, shape, score_thresh, nms_thresh, topk_per_image)
+        for b, s, shape in zip(boxes, scores, image_shapes)
+    ]
+    return [o[0] for o in outs], [o[1] for o in outs]
+
+
+class FastRCNNOutputLayers(nn.Module):
+    """Two linear layers on the box head's feature: ``cls_score`` and ``bbox_pred``.
+
+    Args:
+        input_shape: the box head's output (channels x height x width are flattened).
+        num_classes: K foreground classes.
+        box2box_transform: coding of ``bbox_pred`` (weights 10, 10, 5, 5).
+        cls_agnostic_bbox_reg: one box per RoI instead of one per class.
+        smooth_l1_beta: 0 for L1.
+        test_score_thresh, test_nms_thresh, test_topk_per_image: inference settings.
+    """
+
+    def __init__(
+        self,
+        input_shape: Union[ShapeSpec, int],
+        *,
+        num_classes: int,
+        box2box_transform: Box2BoxTransform,
+        cls_agnostic_bbox_reg: bool = False,
+        smooth_l1_beta: float = 0.0,
+        test_score_thresh: float = 0.05,
+        test_nms_thresh: float = 0.5,
+        test_topk_per_image: int = 100,
+    ):
+        super().__init__()
+        if isinstance(input_shape, int):
+            input_shape = ShapeSpec(channels=input_shape)
+        input_size = input_shape.channels * (input_shape.height or 1) * (input_shape.width or 1)
+        self.num_classes = num_classes
+        self.cls_score = nn.Linear(input_size, num_classes + 1)
+        self.bbox_pred = nn.Linear(input_size, 4 * (1 if cls_agnostic_bbox_reg else num_classes))
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.constant_(self.cls_score.bias, 0.0)
+        nn.init.constant_(self.bbox_pred.bias, 0.0)
+        self.box2box_transform = box2box_transform
+        self.smooth_l1_beta = smooth_l1_beta
+        self.test_score_thresh = test_score_thresh
+        self.test_nms_thresh = test_nms_thresh
+        self.test_topk_per_image = test_topk_per_image
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(R, ...) features -> (R, K + 1) class logits and (R, 4K) box deltas."""
+        x = x.flatten(1)
+        return self.cls_score(x), self.bbox_pred(x)
+
+    def losses(self, predictions, proposals: List[Instances]) -> Dict[str, torch.Tensor]:
+        """Losses against the ``gt_classes`` / ``gt_boxes`` the RoI sampler set on ``proposals``."""
+        logits, deltas = predictions
+        if len(proposals):
+            gt_classes = torch.cat([p.gt_classes for p in proposals])
+            proposal_boxes = torch.cat([p.proposal_boxes.tensor for p in proposals])
+            gt_boxes = torch.cat([p.gt_boxes.tensor for p in proposals])
+        else:
+            gt_classes = logits.new_zeros((0,), dtype=torch.int64)
+            proposal_boxes = gt_boxes = logits.new_zeros((0, 4))
+        return fast_rcnn_losses(
+            logits, deltas, gt_classes, proposal_boxes, gt_boxes, self.box2box_transform, self.smooth_l1_beta
+        )
+
+    def predict_boxes(self, predictions, proposals: List[Instances]) -> List[torch.Tensor]:
+        """Per image (R_i, 4K) decoded boxes."""
+        _, deltas = predictions
+        counts = [len(p) for p in proposals]
+        proposal_boxes = torch.cat([p.proposal_boxes.tensor for p in proposals])
+        boxes = self.box2box_transform.apply_deltas(deltas, proposal_boxes)
+        return list(boxes.split(counts))
+
+    def predict_probs(self, predictions, proposals: List[Instances]) -> List[torch.Tensor]:
+        """Per image (R_i, K + 1) softmax probabilities."""
+        logits, _ = predictions
+        return list(F.softmax(logits, dim=-1).split([len(p) for p in proposals]))
+
+    def inference(self, predictions, proposals: List[Instances]) -> Tuple[List[Instances], List[torch.Tensor]]:
+        """Final detections per image and the RoI index of each."""
+        return fast_rcnn_inference(
+            self.predict_boxes(predictions, proposals),
+            self.predict_probs(predictions, proposals),
+            [p.image_size for p in proposals],
+            self.test_score_thresh,
+            self.test_nms_thresh,
+            self.test_topk_per_image,
+        )
+
+
+def build_fast_rcnn_output_layers(cfg, input_shape: ShapeSpec) -> FastRCNNOutputLayers:
+    """The box predictor configured by MODEL.ROI_HEADS / MODEL.ROI_BOX_HEAD / TEST."""
+    return FastRCNNOutputLayers(
+        input_shape,
+        num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+        box2box_transform=Box2BoxTransform(weights=cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS),
+        cls_agnostic_bbox_reg=cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG,
+        smooth_l1_beta=cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA,
+        test_score_thresh=cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
+        test_nms_thresh=cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST,
+        test_topk_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+    )
