@@ -298,6 +298,8 @@ _C.OUTPUT_DIR = "./output"
 _C.SEED = 0
 # Print the resolved schedule, norms and parameter groups at start-up.
 _C.VERBOSE_STARTUP = True
+# Write training metrics (console line, metrics.json, TensorBoard) every this many iterations.
+_C.LOG_PERIOD = 20
 # Run-time speed switches (the paper configs leave them off).
 _C.CPU = CN()
 # Use channels-last memory format for the model and inputs.

@@ -1,1 +1,37 @@
+"""Datasets, COCO loading with validation, the mapper, samplers and loaders.
 
+``detgn.data.synthetic`` (the synthetic COCO generator) is imported on first use of
+``generate_synthetic_coco`` only, so importing detgn.data stays light.
+"""
+from .build import (
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
+from .catalog import DatasetCatalog, MetadataCatalog, register_coco_instances
+from .coco import CocoFormatError, load_coco_json
+from .mapper import DatasetMapper, ImageReadError
+from .samplers import InferenceSampler, TrainingSampler
+
+__all__ = [
+    "DatasetCatalog",
+    "MetadataCatalog",
+    "register_coco_instances",
+    "load_coco_json",
+    "CocoFormatError",
+    "DatasetMapper",
+    "ImageReadError",
+    "TrainingSampler",
+    "InferenceSampler",
+    "build_detection_train_loader",
+    "build_detection_test_loader",
+    "get_detection_dataset_dicts",
+]
+
+
+def __getattr__(name):
+    if name == "generate_synthetic_coco":
+        from .synthetic import generate_synthetic_coco
+
+        return generate_synthetic_coco
+    raise AttributeError(f"module 'detgn.data' has no attribute '{name}'")

@@ -1,1 +1,27 @@
+"""Training: the step loop and its hooks, multi-process launch, config-driven set-up."""
+from .defaults import build_hooks, build_trainer, default_argument_parser, default_setup, nan_hint
+from .hooks import CurvePlot, EvalHook, LRScheduler, PeriodicCheckpointer, PeriodicWriter, flatten_results
+from .launch import DistInfo, create_ddp_model, init_distributed, launch, seed_for_rank
+from .trainer import HookBase, NonFiniteLossError, Trainer
 
+__all__ = [
+    "build_hooks",
+    "build_trainer",
+    "default_argument_parser",
+    "default_setup",
+    "nan_hint",
+    "CurvePlot",
+    "EvalHook",
+    "LRScheduler",
+    "PeriodicCheckpointer",
+    "PeriodicWriter",
+    "flatten_results",
+    "DistInfo",
+    "create_ddp_model",
+    "init_distributed",
+    "launch",
+    "seed_for_rank",
+    "HookBase",
+    "NonFiniteLossError",
+    "Trainer",
+]

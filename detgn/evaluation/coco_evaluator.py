@@ -14,7 +14,6 @@ import copy
 import io
 import json
 import logging
-import math
 import os
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
@@ -206,8 +205,7 @@ def evaluate_predictions_on_coco(
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
-    logger.info("COCOeval %s:\n%s", task, summary.getvalue().split("DONE", 1)[0].strip()
-                if False else _summary_lines(summary.getvalue()))
+    logger.info("COCOeval %s:\n%s", task, _summary_lines(summary.getvalue()))
 
     metrics = {
         name: float(coco_eval.stats[i] * 100) if coco_eval.stats[i] >= 0 else float("nan")
@@ -255,7 +253,8 @@ def _write_json(path: str, obj) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(obj, f)
+        # dumps (one C-encoder call) is several times faster than dump's chunked writes.
+        f.write(json.dumps(obj))
     os.replace(tmp, path)
 
 
@@ -419,7 +418,3 @@ class COCOEvaluator(DatasetEvaluator):
             _write_json(os.path.join(self._output_dir, RESULTS_FILE), results)
         return _evaluate_tasks(self._coco_gt, results, self._tasks, class_names=self._class_names,
                                img_ids=img_ids, output_dir=self._output_dir)
-
-
-def _is_nan(x: float) -> bool:
-    return isinstance(x, float) and math.isnan(x)

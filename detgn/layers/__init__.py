@@ -1,1 +1,35 @@
+"""Building blocks shared by every part: norms, conv, NMS/RoIAlign, RoI pooling."""
+from .conv import Conv2d
+from .norm import (
+    NORM_NAMES,
+    FrozenBatchNorm2d,
+    Norm,
+    SyncBatchNorm2d,
+    describe_norms,
+    get_norm,
+    norm_from_cfg,
+)
+from .ops import ROIAlign, batched_nms, nms, roi_align
+from .pooler import ROIPooler, assign_boxes_to_levels
+from .shape_spec import ShapeSpec
+from .weight_init import c2_msra_fill, c2_xavier_fill
 
+__all__ = [
+    "NORM_NAMES",
+    "Conv2d",
+    "FrozenBatchNorm2d",
+    "Norm",
+    "ROIAlign",
+    "ROIPooler",
+    "ShapeSpec",
+    "SyncBatchNorm2d",
+    "assign_boxes_to_levels",
+    "batched_nms",
+    "c2_msra_fill",
+    "c2_xavier_fill",
+    "describe_norms",
+    "get_norm",
+    "nms",
+    "norm_from_cfg",
+    "roi_align",
+]

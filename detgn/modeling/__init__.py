@@ -1,1 +1,19 @@
+"""The detector: backbones, RPN, RoI heads and the GeneralizedRCNN that ties them."""
+from .box_regression import Box2BoxTransform
+from .build import META_ARCH_REGISTRY, build_model, describe_model
+from .matcher import Matcher
+from .meta_arch import GeneralizedRCNN, detector_postprocess
+from .roi_heads import ROI_HEADS_REGISTRY
+from .sampling import subsample_labels
 
+__all__ = [
+    "Box2BoxTransform",
+    "GeneralizedRCNN",
+    "META_ARCH_REGISTRY",
+    "Matcher",
+    "ROI_HEADS_REGISTRY",
+    "build_model",
+    "describe_model",
+    "detector_postprocess",
+    "subsample_labels",
+]

@@ -1,0 +1,299 @@
+"""Data loaders: records -> (sampler, mapper, workers) -> batches of ``list[dict]``.
+
+Training (:func:`build_detection_train_loader`) is an infinite, deterministic stream:
+the batch of iteration ``k`` depends only on ``(SEED, k, rank, world size, config)``.
+Resuming with ``start_iter=k`` therefore yields exactly what the uninterrupted run
+would have yielded at ``k``, with any number of workers. The DataLoader gets its own
+``torch.Generator`` and augmentation draws from per-sample generators, so building
+and iterating a loader never touches the global torch / numpy / random RNGs.
+
+Bad images in training (policy; see also ``detgn/data/mapper.py``): a worker that
+fails to read an image returns a :class:`BadImage` marker instead of raising; the
+main process drops it from its batch (a batch left empty is skipped), logs a warning
+naming the file, counts it, and raises :class:`TooManyBadImagesError` once more than
+``DATALOADER.MAX_BAD_IMAGES`` images have failed. Skipping shifts later batches, so
+exact resume equality holds for runs without bad images.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Union
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from detgn.utils import comm
+
+from .catalog import DatasetCatalog, MetadataCatalog
+from .mapper import DatasetMapper, ImageReadError
+from .samplers import InferenceSampler, TrainBatchSampler, sample_rng
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "get_detection_dataset_dicts",
+    "build_detection_train_loader",
+    "build_detection_test_loader",
+    "make_train_loader",
+    "make_test_loader",
+    "TrainLoader",
+    "BadImage",
+    "TooManyBadImagesError",
+    "trivial_batch_collator",
+]
+
+
+class TooManyBadImagesError(RuntimeError):
+    """More training images failed to read than ``DATALOADER.MAX_BAD_IMAGES`` allows."""
+
+
+class BadImage:
+    """Marker a worker returns for an image that failed to read (counted in the main process)."""
+
+    __slots__ = ("file_name", "image_id", "message")
+
+    def __init__(self, file_name: Optional[str], image_id: Any, message: str):
+        self.file_name, self.image_id, self.message = file_name, image_id, message
+
+    def __repr__(self) -> str:
+        return f"BadImage({self.file_name!r}, image_id={self.image_id!r})"
+
+
+def trivial_batch_collator(batch: List[Any]) -> List[Any]:
+    """Identity collate: a batch is the list of mapped dicts (the model pads)."""
+    return batch
+
+
+def _has_usable_annotation(record: dict) -> bool:
+    return any(not a.get("iscrowd", 0) for a in record.get("annotations", []))
+
+
+def get_detection_dataset_dicts(
+    names: Union[str, Sequence[str]], *, filter_empty: bool = True, on_bad: str = "error"
+) -> List[dict]:
+    """Records of one or more registered datasets, concatenated.
+
+    Args:
+        names: dataset name(s) registered in ``DatasetCatalog``.
+        filter_empty: drop images without a non-crowd annotation (logs how many).
+        on_bad: passed to datasets that validate annotations ("error" or "skip").
+    """
+    if isinstance(names, str):
+        names = [names]
+    if len(names) == 0:
+        raise ValueError("No dataset names given (DATASETS.TRAIN / DATASETS.TEST is empty)")
+    records: List[dict] = []
+    classes = {}
+    for name in names:
+        kwargs = {"on_bad": on_bad} if DatasetCatalog.accepts(name, "on_bad") else {}
+        dicts = DatasetCatalog.get(name, **kwargs)
+        if not dicts:
+            raise ValueError(f"Dataset '{name}' has no images")
+        records.extend(dicts)
+        thing_classes = MetadataCatalog.get(name).get("thing_classes")
+        if thing_classes is not None:
+            classes[name] = list(thing_classes)
+    if len(set(map(tuple, classes.values()))) > 1:
+        listing = "; ".join(f"{n}: {c}" for n, c in classes.items())
+        raise ValueError(f"Datasets {list(names)} disagree on their classes ({listing}); train on sets that share them")
+    if filter_empty:
+        before = len(records)
+        records = [r for r in records if _has_usable_annotation(r)]
+        logger.info(
+            "Removed %d of %d images with no usable (non-crowd) annotation (DATALOADER.FILTER_EMPTY_ANNOTATIONS)",
+            before - len(records), before,
+        )
+        if not records:
+            raise ValueError(f"Datasets {list(names)}: no image has a usable annotation; nothing to train on")
+    return records
+
+
+def _accepts_rng(mapper: Callable) -> bool:
+    try:
+        params = inspect.signature(mapper).parameters
+    except (TypeError, ValueError):
+        return False
+    return "rng" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+class _TrainDataset(Dataset):
+    """Maps ``(index, position)`` to a mapped dict, or a :class:`BadImage` marker."""
+
+    def __init__(self, records: List[dict], mapper: Callable, seed: int):
+        self.records, self.mapper, self.seed = records, mapper, seed
+        self.pass_rng = _accepts_rng(mapper)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key):
+        index, position = key
+        record = self.records[index]
+        try:
+            if self.pass_rng:
+                return self.mapper(record, rng=sample_rng(self.seed, position))
+            return self.mapper(record)
+        except ImageReadError as e:
+            # Raising here would kill the worker and the run; the main process decides.
+            return BadImage(e.file_name or record.get("file_name"), record.get("image_id"), str(e))
+
+
+class _TestDataset(Dataset):
+    def __init__(self, records: List[dict], mapper: Callable):
+        self.records, self.mapper = records, mapper
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        return self.mapper(self.records[index])
+
+
+def _seeded_generator(seed: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+class TrainLoader:
+    """Infinite iterable of training batches (``list[dict]``), skipping bad images.
+
+    ``num_bad_images`` and ``bad_files`` record the images skipped so far.
+    """
+
+    def __init__(self, dataset: _TrainDataset, batch_sampler: TrainBatchSampler, *, num_workers: int, max_bad_images: int, seed: int):
+        self.dataset, self.batch_sampler = dataset, batch_sampler
+        self.num_workers, self.max_bad_images, self.seed = num_workers, max_bad_images, seed
+        self.num_bad_images = 0
+        self.bad_files: List[str] = []
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_sampler.batch_size
+
+    def _data_loader(self) -> DataLoader:
+        return DataLoader(
+            self.dataset,
+            batch_sampler=self.batch_sampler,
+            num_workers=self.num_workers,
+            collate_fn=trivial_batch_collator,
+            generator=_seeded_generator(self.seed),
+        )
+
+    def _count_bad(self, bad: BadImage) -> None:
+        self.num_bad_images += 1
+        self.bad_files.append(str(bad.file_name))
+        if self.num_bad_images > self.max_bad_images:
+            raise TooManyBadImagesError(
+                f"{self.num_bad_images} training image(s) failed to read, more than DATALOADER.MAX_BAD_IMAGES="
+                f"{self.max_bad_images}. Last: {bad.message}. Failed files: {', '.join(self.bad_files[-10:])}. "
+                "Fix or remove them (tools/validate_dataset.py finds them all) or raise DATALOADER.MAX_BAD_IMAGES."
+            )
+        logger.warning(
+            "Skipping training image %s (image id %s): %s [bad image %d of at most %d: skipped images are counted and "
+            "training stops once more than DATALOADER.MAX_BAD_IMAGES fail]",
+            bad.file_name, bad.image_id, bad.message, self.num_bad_images, self.max_bad_images,
+        )
+
+    def __iter__(self) -> Iterator[List[dict]]:
+        for batch in self._data_loader():
+            good = []
+            for item in batch:
+                if isinstance(item, BadImage):
+                    self._count_bad(item)
+                else:
+                    good.append(item)
+            if good:
+                yield good
+
+
+def make_train_loader(
+    dataset_dicts: List[dict],
+    *,
+    mapper: Callable,
+    batch_size: int,
+    seed: int,
+    num_workers: int = 0,
+    aspect_ratio_grouping: bool = True,
+    max_bad_images: int = 0,
+    start_iter: int = 0,
+    rank: Optional[int] = None,
+    world_size: Optional[int] = None,
+) -> TrainLoader:
+    """The training loader over given records (config-free; see the module docstring).
+
+    Args:
+        mapper: ``mapper(record, rng=...)`` (or ``mapper(record)``) -> dict.
+        batch_size: images per batch on this rank.
+        seed: seed of the sample order and of every augmentation.
+        aspect_ratio_grouping: batches of images that are all landscape or all portrait.
+        max_bad_images: images allowed to fail before the run stops.
+        start_iter: index of the first batch to yield.
+        rank, world_size: default to ``detgn.utils.comm``.
+    """
+    rank = comm.get_rank() if rank is None else rank
+    world_size = comm.get_world_size() if world_size is None else world_size
+    group_ids = None
+    if aspect_ratio_grouping and batch_size > 1:
+        group_ids = [0 if r["width"] >= r["height"] else 1 for r in dataset_dicts]
+    batch_sampler = TrainBatchSampler(
+        len(dataset_dicts), batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
+        group_ids=group_ids, start_batch=start_iter,
+    )
+    dataset = _TrainDataset(dataset_dicts, mapper, seed)
+    return TrainLoader(dataset, batch_sampler, num_workers=num_workers, max_bad_images=max_bad_images, seed=seed)
+
+
+def _resolve_seed(seed: int) -> int:
+    if seed >= 0:
+        return seed
+    # Every rank must shard the same permutation: rank 0's draw wins.
+    drawn = comm.all_gather(int.from_bytes(os.urandom(4), "little"))[0]
+    logger.info("SEED < 0: the data loader uses seed %d", drawn)
+    return drawn
+
+
+def build_detection_train_loader(cfg, *, mapper: Optional[Callable] = None, start_iter: int = 0) -> TrainLoader:
+    """Infinite loader of ``SOLVER.IMS_PER_GPU``-image batches of ``DATASETS.TRAIN`` for this rank."""
+    records = get_detection_dataset_dicts(
+        cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS, on_bad=cfg.DATASETS.ON_BAD_ANNOTATION
+    )
+    return make_train_loader(
+        records,
+        mapper=mapper if mapper is not None else DatasetMapper.from_config(cfg, True),
+        batch_size=cfg.SOLVER.IMS_PER_GPU,
+        seed=_resolve_seed(cfg.SEED),
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+        max_bad_images=cfg.DATALOADER.MAX_BAD_IMAGES,
+        start_iter=start_iter,
+    )
+
+
+def make_test_loader(
+    dataset_dicts: List[dict], *, mapper: Callable, num_workers: int = 0, rank: Optional[int] = None, world_size: Optional[int] = None
+) -> DataLoader:
+    """Batches of one mapped image, this rank's contiguous shard, in dataset order."""
+    rank = comm.get_rank() if rank is None else rank
+    world_size = comm.get_world_size() if world_size is None else world_size
+    return DataLoader(
+        _TestDataset(dataset_dicts, mapper),
+        batch_size=1,
+        sampler=InferenceSampler(len(dataset_dicts), rank=rank, world_size=world_size),
+        num_workers=num_workers,
+        collate_fn=trivial_batch_collator,
+        # Its own generator: a DataLoader without one draws its worker seed from the global RNG.
+        generator=_seeded_generator(0),
+    )
+
+
+def build_detection_test_loader(cfg, dataset_name: str, *, mapper: Optional[Callable] = None) -> DataLoader:
+    """Every image of ``dataset_name`` exactly once across ranks, batch of 1, test mapping."""
+    records = get_detection_dataset_dicts(dataset_name, filter_empty=False, on_bad=cfg.DATASETS.ON_BAD_ANNOTATION)
+    return make_test_loader(
+        records,
+        mapper=mapper if mapper is not None else DatasetMapper.from_config(cfg, False),
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )

@@ -1,0 +1,229 @@
+"""The training loop: a short step (data -> forward -> sum of losses -> backward -> step),
+everything else (LR schedule, checkpoints, evaluation, metrics) in hooks.
+
+The trainer never reads the config: :func:`detgn.engine.defaults.build_trainer`
+turns the config into the arguments and hooks here.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from detgn.utils import comm
+from detgn.utils.events import EventStorage
+from detgn.utils.seed import set_rng_state
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["HookBase", "Trainer", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or Inf; the message names the iteration, the terms and the images."""
+
+
+class HookBase:
+    """Called around training. Each method does nothing unless a hook overrides it.
+
+    ``self.trainer`` is set when the hook is registered; hooks read ``trainer.iter``
+    (the iteration being run), ``trainer.max_iter``, ``trainer.storage`` and the
+    model/optimizer/scheduler from it.
+    """
+
+    trainer: "Trainer"
+
+    def before_train(self) -> None:
+        """Once, before the first step (after the data iterator exists)."""
+
+    def after_train(self) -> None:
+        """Once, after the last step, also when training stopped with an error."""
+
+    def before_step(self) -> None:
+        """Before each step."""
+
+    def after_step(self) -> None:
+        """After each step; ``trainer.iter`` is the iteration just completed."""
+
+
+class Trainer:
+    """Runs ``max_iter`` SGD steps from ``start_iter`` with hooks around each.
+
+    Args:
+        model: returns a dict of scalar losses for a batch (``list[dict]``) in training mode.
+            May be a DistributedDataParallel wrapper.
+        optimizer: steps the parameters.
+        data_loader_fn: ``data_loader_fn(start_iter)`` -> iterable of batches whose first
+            element is iteration ``start_iter``'s batch (deterministic per position: exact
+            resume rebuilds the loader at the resumed iteration).
+        max_iter: iterations of the whole run (not of this session).
+        scheduler: LR scheduler, stepped by :class:`detgn.engine.hooks.LRScheduler`.
+        checkpointer: :class:`detgn.checkpoint.Checkpointer` used by :meth:`resume_or_load`.
+        grad_clip: clip the gradients' total norm to this (0: no clipping).
+        amp: mixed precision (float16 autocast + GradScaler); only on CUDA, ignored with a
+            notice on the CPU.
+        bf16: run the forward under bfloat16 autocast on the CPU.
+        nan_hint: appended to the non-finite-loss error (what to check in the config).
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        data_loader_fn: Callable[[int], Iterable],
+        max_iter: int,
+        scheduler=None,
+        checkpointer=None,
+        grad_clip: float = 0.0,
+        amp: bool = False,
+        bf16: bool = False,
+        nan_hint: str = "",
+    ):
+        self.model = model
+        self.optimizer = optimizer
+        self.data_loader_fn = data_loader_fn
+        self.max_iter = int(max_iter)
+        self.scheduler = scheduler
+        self.checkpointer = checkpointer
+        self.grad_clip = float(grad_clip)
+        self.nan_hint = nan_hint
+        self.device_type = _device_type(model)
+        if amp and self.device_type != "cuda":
+            logger.info("SOLVER.AMP.ENABLED is ignored: the model is on the %s, AMP needs CUDA", self.device_type)
+            amp = False
+        if bf16 and self.device_type != "cpu":
+            logger.info("CPU.BF16 is ignored: the model is on %s (use SOLVER.AMP.ENABLED there)", self.device_type)
+            bf16 = False
+        self.amp, self.bf16 = amp, bf16
+        self.scaler = torch.amp.GradScaler("cuda") if amp else None
+        self._hooks: List[HookBase] = []
+        self.start_iter = 0
+        self.iter = 0
+        self.finished = False
+        self._rng_state = None
+        self.storage = EventStorage(0)
+
+    def register_hooks(self, hooks: Sequence[Optional[HookBase]]) -> None:
+        """Add hooks (None entries are skipped); they run in the order given."""
+        for h in hooks:
+            if h is None:
+                continue
+            h.trainer = self
+            self._hooks.append(h)
+
+    @property
+    def hooks(self) -> List[HookBase]:
+        return list(self._hooks)
+
+    def resume_or_load(self, weights: str = "", *, resume: bool) -> int:
+        """Restore the newest good checkpoint (``resume``) or load ``weights``; returns the start iteration."""
+        if self.checkpointer is None:
+            raise RuntimeError("resume_or_load needs the Trainer to be given a checkpointer")
+        state = self.checkpointer.resume_or_load(weights, resume=resume)
+        self.start_iter = state.start_iter
+        self._rng_state = state.rng_state
+        return self.start_iter
+
+    def train(self) -> None:
+        """Run iterations ``start_iter .. max_iter - 1``."""
+        self.storage = EventStorage(self.start_iter)
+        self.iter = self.start_iter
+        self.finished = False
+        self.model.train()
+        logger.info("Starting training at iteration %d of %d", self.start_iter, self.max_iter)
+        self._data_iter = iter(self.data_loader_fn(self.start_iter))
+        try:
+            for h in self._hooks:
+                h.before_train()
+            if self._rng_state is not None:
+                # Last, right before the step: whatever building the loader or the hooks
+                # drew from the global RNGs, the next step sees the checkpointed state.
+                set_rng_state(self._rng_state)
+                self._rng_state = None
+            for self.iter in range(self.start_iter, self.max_iter):
+                self.storage.iter = self.iter
+                for h in self._hooks:
+                    h.before_step()
+                self.run_step()
+                for h in self._hooks:
+                    h.after_step()
+            self.finished = True
+        except Exception:
+            logger.exception("Training stopped by an error at iteration %d", self.iter)
+            raise
+        finally:
+            for h in self._hooks:
+                h.after_train()
+
+    def _autocast(self):
+        if self.amp:
+            return torch.autocast("cuda", dtype=torch.float16)
+        if self.bf16:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def run_step(self) -> None:
+        """One iteration: next batch, forward, sum of the loss dict, backward, optimizer step."""
+        start = time.perf_counter()
+        batch = next(self._data_iter)
+        data_time = time.perf_counter() - start
+        with self._autocast():
+            loss_dict = self.model(batch)
+        if not isinstance(loss_dict, dict) or not loss_dict:
+            raise TypeError(f"In training the model must return a non-empty dict of losses, got {type(loss_dict).__name__}")
+        losses = sum(v.float() for v in loss_dict.values())
+        # Averaged over ranks for logging; a NaN on any rank shows on all, so all stop together.
+        reduced = comm.reduce_dict_mean({k: v.detach().float() for k, v in loss_dict.items()})
+        logged = {k: float(v) for k, v in reduced.items()}
+        total = sum(logged.values())
+        if not math.isfinite(total):
+            raise self._non_finite_error(loss_dict, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(losses).backward()
+            self.scaler.unscale_(self.optimizer)
+            self._clip()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            losses.backward()
+            self._clip()
+            self.optimizer.step()
+        self.storage.put_scalars(**logged, total_loss=total)
+        self.storage.put_scalars(time=time.perf_counter() - start, data_time=data_time)
+
+    def _clip(self) -> None:
+        if self.grad_clip > 0:
+            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+
+    def _non_finite_error(self, loss_dict: Dict[str, torch.Tensor], batch) -> NonFiniteLossError:
+        local = {k: float(v.detach().float()) for k, v in loss_dict.items()}
+        ids = [d.get("image_id", d.get("file_name", "?")) if isinstance(d, dict) else "?" for d in batch]
+        per_rank = comm.all_gather((comm.get_rank(), local, ids))
+        lines = [f"Loss is not finite at iteration {self.iter}:"]
+        for rank, terms, image_ids in per_rank:
+            bad = [k for k, v in terms.items() if not math.isfinite(v)]
+            if not bad and len(per_rank) > 1:
+                continue
+            shown = ", ".join(f"{k}={v:.4g}" + (" <--" if k in bad else "") for k, v in sorted(terms.items()))
+            where = f" rank {rank}" if len(per_rank) > 1 else ""
+            lines.append(f"  {where.strip() + ': ' if where else ''}terms: {shown}")
+            lines.append(f"  {where.strip() + ': ' if where else ''}non-finite: {', '.join(bad)}; image ids of the batch: {image_ids}")
+        lr = max(g["lr"] for g in self.optimizer.param_groups)
+        lines.append(f"  current LR: {lr:.6g}")
+        if self.nan_hint:
+            lines.append(self.nan_hint)
+        return NonFiniteLossError("\n".join(lines))
+
+
+def _device_type(model: nn.Module) -> str:
+    for p in model.parameters():
+        return p.device.type
+    return "cpu"

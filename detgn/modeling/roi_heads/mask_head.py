@@ -1,0 +1,143 @@
+"""The mask head: 3x3 convs with their own norm, a 2x2 deconv, per-class mask logits.
+
+FPN: ``mask_fcn1..mask_fcn4`` (3x3, 256 ch, conv -> norm -> ReLU) on 14x14 RoI
+features, ``conv5_mask`` (2x2 stride-2 deconv -> ReLU) to 28x28, ``mask_fcn_logits``
+(1x1, K channels: one mask per foreground class, no background channel).
+C4: no 3x3 convs (NUM_CONV 0); the deconv runs on the res5 features (7x7 -> 14x14).
+Holds the pure loss and inference functions and the module.
+"""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detgn.layers import Conv2d, Norm, c2_msra_fill, get_norm, norm_from_cfg
+from detgn.layers.shape_spec import ShapeSpec
+from detgn.structures import Instances
+
+
+def mask_rcnn_loss(
+    pred_mask_logits: torch.Tensor, gt_classes: torch.Tensor, gt_mask_targets: torch.Tensor
+) -> torch.Tensor:
+    """Per-pixel binary cross-entropy of each RoI's ground-truth-class mask.
+
+    Args:
+        pred_mask_logits: (R, K, M, M) logits (or (R, 1, M, M) class-agnostic).
+        gt_classes: (R,) int64 ground-truth class of each (foreground) RoI.
+        gt_mask_targets: (R, M, M) targets in [0, 1] (the ground-truth mask
+            cropped to the RoI and resized to M x M).
+    Returns:
+        scalar mean over R * M * M pixels; 0 (connected to the logits) when R == 0.
+    """
+    num_rois = pred_mask_logits.shape[0]
+    if num_rois == 0:
+        return pred_mask_logits.sum() * 0.0
+    if gt_mask_targets.shape != (num_rois,) + tuple(pred_mask_logits.shape[2:]):
+        raise ValueError(
+            f"mask targets {tuple(gt_mask_targets.shape)} do not match mask logits {tuple(pred_mask_logits.shape)}"
+        )
+    if pred_mask_logits.shape[1] == 1:
+        logits = pred_mask_logits[:, 0]
+    else:
+        logits = pred_mask_logits[torch.arange(num_rois, device=pred_mask_logits.device), gt_classes]
+    return F.binary_cross_entropy_with_logits(logits, gt_mask_targets.to(logits.dtype), reduction="mean")
+
+
+def mask_rcnn_targets(instances: List[Instances], mask_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Ground-truth classes (R,) and M x M mask targets (R, M, M) of foreground RoIs.
+
+    Each Instances holds the foreground proposals of one image with ``proposal_boxes``,
+    ``gt_classes`` and ``gt_masks`` (the matched ground truth, PolygonMasks or BitMasks).
+    """
+    classes, targets = [], []
+    for inst in instances:
+        if len(inst) == 0:
+            continue
+        classes.append(inst.gt_classes)
+        targets.append(inst.gt_masks.crop_and_resize(inst.proposal_boxes.tensor, mask_size).to(inst.gt_classes.device))
+    if not classes:
+        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, mask_size, mask_size)
+    return torch.cat(classes), torch.cat(targets)
+
+
+def mask_rcnn_inference(pred_mask_logits: torch.Tensor, pred_instances: List[Instances]) -> None:
+    """Set ``pred_masks`` (D_i, 1, M, M) probabilities of each detection's predicted class.
+
+    Args:
+        pred_mask_logits: (D, K, M, M) or (D, 1, M, M) logits of all detections of the batch,
+            in image order.
+        pred_instances: per image, detections with ``pred_classes``; modified in place.
+    """
+    if pred_mask_logits.shape[1] == 1:
+        probs = pred_mask_logits.sigmoid()
+    else:
+        classes = torch.cat([i.pred_classes for i in pred_instances])
+        idx = torch.arange(pred_mask_logits.shape[0], device=pred_mask_logits.device)
+        probs = pred_mask_logits[idx, classes][:, None].sigmoid()
+    for probs_i, inst in zip(probs.split([len(i) for i in pred_instances]), pred_instances):
+        inst.pred_masks = probs_i
+
+
+class MaskRCNNConvUpsampleHead(nn.Module):
+    """``mask_fcn{k}`` 3x3 convs, ``conv5_mask`` deconv, ``mask_fcn_logits`` predictor.
+
+    Args:
+        input_shape: the RoI feature (channels, P, P).
+        num_classes: K foreground classes (1 output channel when ``cls_agnostic_mask``).
+        conv_dims: channels of each 3x3 conv followed by the deconv's channels; its
+            length is NUM_CONV + 1 (C4: just the deconv, e.g. [256]).
+        conv_norm: norm of the 3x3 convs ("" keeps a conv bias and no norm).
+        cls_agnostic_mask: predict one mask per RoI.
+    """
+
+    def __init__(
+        self,
+        input_shape: ShapeSpec,
+        *,
+        num_classes: int,
+        conv_dims: Sequence[int],
+        conv_norm: Union[str, Norm, None] = "",
+        cls_agnostic_mask: bool = False,
+    ):
+        super().__init__()
+        if len(conv_dims) < 1:
+            raise ValueError("conv_dims needs at least the deconv's channels")
+        self.conv_norm = conv_norm
+        channels = input_shape.channels
+        self.conv_names = []
+        for k, dim in enumerate(conv_dims[:-1]):
+            norm = get_norm(conv_norm, dim)
+            conv = Conv2d(channels, dim, kernel_size=3, padding=1, bias=norm is None, norm=norm, activation=F.relu)
+            c2_msra_fill(conv)
+            name = f"mask_fcn{k + 1}"
+            self.add_module(name, conv)
+            self.conv_names.append(name)
+            channels = dim
+        self.conv5_mask = nn.ConvTranspose2d(channels, conv_dims[-1], kernel_size=2, stride=2)
+        c2_msra_fill(self.conv5_mask)
+        self.mask_fcn_logits = nn.Conv2d(conv_dims[-1], 1 if cls_agnostic_mask else num_classes, kernel_size=1)
+        # A small init keeps the initial masks near 0.5 everywhere (Detectron's choice).
+        nn.init.normal_(self.mask_fcn_logits.weight, std=0.001)
+        nn.init.constant_(self.mask_fcn_logits.bias, 0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(R, C, P, P) RoI features -> (R, K, 2P, 2P) mask logits."""
+        for name in self.conv_names:
+            x = getattr(self, name)(x)
+        x = F.relu(self.conv5_mask(x))
+        return self.mask_fcn_logits(x)
+
+
+def build_mask_head(cfg, input_shape: ShapeSpec) -> MaskRCNNConvUpsampleHead:
+    """The mask head of MODEL.ROI_MASK_HEAD (NUM_CONV, CONV_DIM, NORM, CLS_AGNOSTIC_MASK)."""
+    head = cfg.MODEL.ROI_MASK_HEAD
+    return MaskRCNNConvUpsampleHead(
+        input_shape,
+        num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+        conv_dims=[head.CONV_DIM] * (head.NUM_CONV + 1),
+        conv_norm=norm_from_cfg(cfg, head.NORM),
+        cls_agnostic_mask=head.CLS_AGNOSTIC_MASK,
+    )

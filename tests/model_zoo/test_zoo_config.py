@@ -1,0 +1,112 @@
+"""model_zoo.get_config / get: config names, trained-weights names, model wiring."""
+from __future__ import annotations
+
+import hashlib
+import io
+import sys
+import types
+
+import pytest
+import torch
+
+from detgn import model_zoo
+from detgn.config import ConfigError
+
+
+@pytest.fixture
+def configs(tmp_path, monkeypatch, zoo_env):
+    root = tmp_path / "configs"
+    (root / "paper").mkdir(parents=True)
+    # A small model (R18, narrow FPN and box head) keeps the real build fast on a CPU.
+    (root / "paper" / "tiny.yaml").write_text(
+        'MODEL:\n  MASK_ON: False\n  WEIGHTS: ""\n'
+        "  RESNETS:\n    DEPTH: 18\n    RES2_OUT_CHANNELS: 64\n"
+        "  FPN:\n    OUT_CHANNELS: 32\n  ROI_BOX_HEAD:\n    FC_DIM: 64\n"
+        "SOLVER:\n  MAX_ITER: 7\n"
+    )
+    (root / "paper" / "pre.yaml").write_text('MODEL:\n  WEIGHTS: "detgn://ImageNetPretrained/R-50-GN"\n')
+    monkeypatch.setenv("DETGN_CONFIGS", str(root))
+    return root
+
+
+def test_get_config_by_file_or_zoo_name(configs):
+    for name in ("tiny.yaml", "tiny", "paper/tiny.yaml", "detgn://tiny/model_final"):
+        cfg = model_zoo.get_config(name)
+        assert cfg.SOLVER.MAX_ITER == 7 and cfg.MODEL.MASK_ON is False and cfg.MODEL.WEIGHTS == ""
+    assert model_zoo.get_config("pre").MODEL.WEIGHTS == "detgn://ImageNetPretrained/R-50-GN"
+    assert model_zoo.get_config("tiny", opts=["SOLVER.MAX_ITER", "9"]).SOLVER.MAX_ITER == 9
+    with pytest.raises(ConfigError, match="No config file"):
+        model_zoo.get_config("nonexistent.yaml")
+
+
+def test_trained_needs_a_published_entry(configs):
+    with pytest.raises(ValueError, match=r"No trained weights for config 'tiny'.*none yet"):
+        model_zoo.get_config("tiny.yaml", trained=True)
+    model_zoo.register_model("tiny/model_final", "tiny/model_final.pth", "ab" * 32)
+    for name in ("tiny.yaml", "paper/tiny", "detgn://tiny/model_final"):
+        assert model_zoo.get_config(name, trained=True).MODEL.WEIGHTS == "detgn://tiny/model_final"
+    # A catalog keyed by the path under configs/ is found from the bare name too.
+    model_zoo.register_model("paper/pre/model_final", "pre/model_final.pth", "cd" * 32)
+    assert model_zoo.trained_weights_name("pre.yaml") == "detgn://paper/pre/model_final"
+
+
+def test_get_wires_build_model_and_load_weights(configs, monkeypatch):
+    calls = []
+
+    def fake_build(cfg):
+        calls.append(("build", cfg.MODEL.DEVICE, cfg.MODEL.WEIGHTS))
+        return torch.nn.Linear(2, 2)
+
+    def fake_load(model, path_or_name):
+        calls.append(("load", type(model).__name__, path_or_name))
+
+    # Stand-ins, so the wiring is tested whatever state the real modules are in.
+    monkeypatch.setitem(sys.modules, "detgn.modeling", types.SimpleNamespace(build_model=fake_build))
+    monkeypatch.setitem(sys.modules, "detgn.checkpoint", types.SimpleNamespace(load_weights=fake_load))
+    model_zoo.get("tiny.yaml")
+    assert calls == [("build", "cpu", "")]  # empty MODEL.WEIGHTS: nothing to load
+    calls.clear()
+    model_zoo.get("pre.yaml")
+    assert calls == [("build", "cpu", "detgn://ImageNetPretrained/R-50-GN"),
+                     ("load", "Linear", "detgn://ImageNetPretrained/R-50-GN")]
+    calls.clear()
+    model_zoo.register_model("tiny/model_final", "tiny/model_final.pth", "ab" * 32)
+    model_zoo.get("detgn://tiny/model_final", trained=True)
+    assert calls == [("build", "cpu", "detgn://tiny/model_final"), ("load", "Linear", "detgn://tiny/model_final")]
+
+
+def _real_parts_missing() -> str:
+    """'' when build_model and load_weights import, else why not."""
+    try:
+        from detgn.checkpoint import load_weights  # noqa: F401
+        from detgn.modeling import build_model  # noqa: F401
+    except Exception as e:  # other helpers' modules may be half-written
+        return f"{type(e).__name__}: {e}"
+    return ""
+
+
+_MISSING = _real_parts_missing()
+
+
+@pytest.mark.skipif(bool(_MISSING), reason="detgn.modeling.build_model / detgn.checkpoint.load_weights "
+                                            f"not importable yet ({_MISSING}); rerun once they exist")
+def test_get_trained_end_to_end(configs, server):
+    """Real build + real load of weights served by the loopback zoo server.
+
+    Assumes load_weights accepts a ``torch.save({"model": state_dict})`` file.
+    """
+    model = model_zoo.get("tiny.yaml")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    stream = io.BytesIO()
+    torch.save({"model": model.state_dict()}, stream)
+    data = stream.getvalue()
+    server.files["tiny/model_final.pth"] = data
+    model_zoo.register_model("tiny/model_final", "tiny/model_final.pth", hashlib.sha256(data).hexdigest())
+    trained = model_zoo.get("tiny", trained=True)
+    want = model.state_dict()
+    got = trained.state_dict()
+    for k, v in want.items():
+        assert torch.equal(got[k], v), k
+    assert model_zoo.is_verified(model_zoo.get_checkpoint_path("detgn://tiny/model_final"))

@@ -1,0 +1,117 @@
+#!/usr/bin/env python
+"""Train or evaluate a detgn model.
+
+    python tools/train_net.py --config fpn_gn_long.yaml [--resume] [--eval-only] [KEY VALUE ...]
+    torchrun --nproc_per_node=8 tools/train_net.py --config fpn_gn_long.yaml
+    python tools/train_net.py --config fpn_gn_long.yaml --num-gpus 8
+
+Everything goes to OUTPUT_DIR: ``config.yaml`` (the resolved config), ``log.txt``
+(``log.txt.rankN`` for other processes), checkpoints with a ``last_checkpoint``
+pointer, ``metrics.json``, TensorBoard events, ``training_curves.png`` and the
+evaluation results under ``inference/<dataset>/``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Dict
+
+# Runnable from a checkout without installing the package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from detgn.config import ConfigError, load_config  # noqa: E402
+from detgn.engine import (  # noqa: E402
+    build_trainer,
+    default_argument_parser,
+    default_setup,
+    init_distributed,
+    launch,
+)
+from detgn.utils import comm  # noqa: E402
+
+logger = logging.getLogger("detgn.train_net")
+
+
+def setup(args):
+    """Config (file + overrides), process group, logs, seeds, config dump."""
+    cfg = load_config(args.config, args.opts, freeze=False)
+    init_distributed(cfg.MODEL.DEVICE)
+    default_setup(cfg, resume=args.resume)
+    cfg.freeze()
+    if comm.is_main_process():
+        logger.info("Command line: %s", " ".join(sys.argv))
+    return cfg
+
+
+def do_test(cfg, model) -> Dict:
+    """Evaluate ``model`` on every DATASETS.TEST set; results by dataset (or the one set's)."""
+    from detgn.data import build_detection_test_loader
+    from detgn.evaluation import COCOEvaluator, inference_on_dataset
+
+    results = {}
+    for name in cfg.DATASETS.TEST:
+        loader = build_detection_test_loader(cfg, name)
+        evaluator = COCOEvaluator(name, output_dir=os.path.join(cfg.OUTPUT_DIR, "inference", name))
+        results[name] = inference_on_dataset(model, loader, evaluator)
+        if comm.is_main_process():
+            logger.info("Results on %s: %s", name, _summary(results[name]))
+    return results[cfg.DATASETS.TEST[0]] if len(results) == 1 else results
+
+
+def _summary(res: Dict) -> str:
+    parts = []
+    for task, metrics in res.items():
+        if isinstance(metrics, dict):
+            parts.append(task + " " + " ".join(f"{k}={metrics[k]:.2f}" for k in ("AP", "AP50", "AP75") if k in metrics))
+    return "; ".join(parts) or str(res)
+
+
+def main(args):
+    cfg = setup(args)
+    from detgn.checkpoint import Checkpointer, load_weights
+    from detgn.modeling import build_model, describe_model
+
+    model = build_model(cfg)
+    if comm.is_main_process() and cfg.VERBOSE_STARTUP:
+        logger.info("Model:\n%s", describe_model(model))
+    if args.eval_only:
+        if args.resume:
+            path = Checkpointer(model, cfg.OUTPUT_DIR, save_to_disk=False).latest_good_checkpoint()
+            if path is None:
+                raise SystemExit(f"--eval-only --resume: no good checkpoint in {cfg.OUTPUT_DIR}")
+            load_weights(model, path)
+        elif cfg.MODEL.WEIGHTS:
+            load_weights(model, cfg.MODEL.WEIGHTS)
+        else:
+            logger.warning("--eval-only without MODEL.WEIGHTS: evaluating a randomly initialised model")
+        return do_test(cfg, model)
+
+    from detgn.data import build_detection_train_loader
+
+    trainer = build_trainer(
+        cfg,
+        model,
+        data_loader_fn=lambda start_iter: build_detection_train_loader(cfg, start_iter=start_iter),
+        eval_fn=(lambda: do_test(cfg, model)) if cfg.DATASETS.TEST else None,
+    )
+    trainer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+    trainer.train()
+    eval_hooks = [h for h in trainer.hooks if hasattr(h, "last_results")]
+    return eval_hooks[0].last_results if eval_hooks else {}
+
+
+def cli(argv=None) -> int:
+    args = default_argument_parser().parse_args(argv)
+    if args.opts and args.opts[0] == "--":
+        args.opts = args.opts[1:]
+    try:
+        launch(main, args.num_gpus, args=(args,))
+    except ConfigError as e:
+        print(f"Config error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
