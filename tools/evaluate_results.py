@@ -17,16 +17,21 @@ from detgn.evaluation import evaluate_results_file, format_results_table
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--json", required=True, help="COCO ground-truth annotation file (instances_*.json)")
     parser.add_argument("--results", required=True, help="COCO results file (coco_instances_results.json)")
     parser.add_argument("--tasks", nargs="+", default=["bbox", "segm"], choices=["bbox", "segm"])
     parser.add_argument("--output-dir", default=None, help="write metrics.json here")
-    parser.add_argument("--print-json", action="store_true", help="print the metrics as JSON instead of a table")
+    parser.add_argument("--print-json", action="store_true",
+                        help="print the metrics as JSON instead of a table")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        results = evaluate_results_file(args.json, args.results, args.tasks, output_dir=args.output_dir)
+        results = evaluate_results_file(
+            args.json, args.results, args.tasks, output_dir=args.output_dir
+        )
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -52,7 +52,9 @@ MIN_VISIBLE_FRACTION = 0.25  # annotated only when at least this much of the sha
 KEEP_VISIBLE_FRACTION = 0.35  # placements pushing an earlier shape below this are redrawn
 MIN_PIXELS = 20
 CONTOUR_UPSAMPLE = 4  # contours traced at 4x so vertices sit ~1/8 px from pixel edges
-SIMPLIFY_EPS = 0.7  # approxPolyDP tolerance, in pixels
+# approxPolyDP tolerance in pixels: sqrt(mask area) * SIMPLIFY_EPS, clipped to SIMPLIFY_EPS_RANGE, so
+# large shapes shed the staircase of their rasterized edges while small ones keep their detail.
+SIMPLIFY_EPS, SIMPLIFY_EPS_RANGE = 0.01, (0.6, 1.2)
 _CROWD_OWNER = 30000  # owner-map id of the crowd cluster (regular instances are 0..N-1)
 
 
@@ -226,9 +228,10 @@ def mask_to_polygons(mask: np.ndarray, offset=(0, 0)) -> List[List[float]]:
     padded = np.pad(mask.astype(np.uint8) * 255, 1)
     up = cv2.resize(padded, None, fx=f, fy=f, interpolation=cv2.INTER_LINEAR) > 127
     contours, _ = cv2.findContours(up.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    eps = float(np.clip(SIMPLIFY_EPS * np.sqrt(mask.sum()), *SIMPLIFY_EPS_RANGE))
     polys = []
     for c in contours:
-        c = cv2.approxPolyDP(c, SIMPLIFY_EPS * f, True).reshape(-1, 2)
+        c = cv2.approxPolyDP(c, eps * f, True).reshape(-1, 2)
         if len(c) < 3 or cv2.contourArea(c.astype(np.float32)) < f * f:  # < 1 px^2: a sliver
             continue
         pts = (c + 0.5) / f - 1 + np.asarray(offset, dtype=np.float64)  # multiples of 1/8: exact in JSON
@@ -268,7 +271,9 @@ class _Canvas:
         self.owner = np.full((self.h, self.w), -1, np.int16)
         self.shapes: List[dict] = []  # {"cat", "box" (x0, y0, x1, y1) in image, "area" full}
 
-    def _clip(self, mask: np.ndarray, cx: float, cy: float):
+    def locate(self, mask: np.ndarray, cx: float, cy: float):
+        """Box (x0, y0, x1, y1) and bool sub-mask of ``mask`` centred at (cx, cy),
+        cut to the image; None if it falls outside."""
         mh, mw = mask.shape
         x0, y0 = int(round(cx - mw / 2)), int(round(cy - mh / 2))
         ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x0 + mw, self.w), min(y0 + mh, self.h)
@@ -317,7 +322,7 @@ def _place_crowd(canvas: _Canvas, rng: np.random.Generator) -> int:
     cx, cy = rng.uniform(0.25, 0.75) * canvas.w, rng.uniform(0.25, 0.75) * canvas.h
     for _ in range(int(rng.integers(12, 31))):
         side = rng.uniform(6, 12)
-        placed = canvas._clip(_shape_mask(CATEGORIES[cat]["name"], side, rng),
+        placed = canvas.locate(_shape_mask(CATEGORIES[cat]["name"], side, rng),
                               cx + rng.normal(0, spread), cy + rng.normal(0, spread))
         if placed is not None:
             canvas.paint(rng, *placed, side, _CROWD_OWNER)
@@ -339,7 +344,6 @@ def render_synthetic_image(seed: int, split: str, index: int, *, min_side: int =
     kind = rng.random()
     crowd_cat = _place_crowd(canvas, rng) if EMPTY_PROB <= kind < EMPTY_PROB + CROWD_PROB else None
     n_objects = 0 if kind < EMPTY_PROB else 1 + min(int(rng.poisson(5.0)), 14)
-    print("kind", kind, n_objects)
     for _ in range(n_objects):
         cat = int(rng.integers(len(CATEGORIES)))
         side = _sample_side(rng, min(h, w))
@@ -348,7 +352,7 @@ def render_synthetic_image(seed: int, split: str, index: int, *, min_side: int =
         for _try in range(10):  # keep >= ~70% of the shape's box inside the image
             cx = rng.uniform(min(0.35 * mw, w / 2), max(w - 0.35 * mw, w / 2))
             cy = rng.uniform(min(0.35 * mh, h / 2), max(h - 0.35 * mh, h / 2))
-            placed = canvas._clip(mask, cx, cy)
+            placed = canvas.locate(mask, cx, cy)
             if placed is not None and canvas.acceptable(*placed):
                 canvas.shapes.append({"cat": cat, "box": placed[0], "area": int(mask.sum())})
                 canvas.paint(rng, *placed, side, len(canvas.shapes) - 1)

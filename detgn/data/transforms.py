@@ -57,11 +57,12 @@ class ResizeFlip:
             raise ValueError(f"ResizeFlip for {self.height}x{self.width} applied to an image of {image.shape[:2]}")
         out = image
         if (self.new_height, self.new_width) != (self.height, self.width):
-            out = cv2.resize(image, (self.new_width, self.new_height), interpolation=cv2.INTER_LINEAR)
-            if out.ndim == 2:  # cv2 drops a trailing channel axis of size 1
-                out = out[:, :, None]
+            out = cv2.resize(out, (self.new_width, self.new_height), interpolation=cv2.INTER_LINEAR)
         if self.flip:
-            out = out[:, ::-1]
+            # cv2.flip is ~10x faster than copying a negative-stride numpy view.
+            out = cv2.flip(np.ascontiguousarray(out), 1)
+        if out.ndim == 2 and image.ndim == 3:  # cv2 drops a trailing channel axis of size 1
+            out = out[:, :, None]
         return np.ascontiguousarray(out)
 
     def apply_boxes(self, boxes: np.ndarray) -> np.ndarray:

@@ -34,7 +34,8 @@ def _ellipse_polygon(rng: np.random.Generator, h: int, w: int) -> List[float]:
 
 
 def synthesize_gt(
-    num_images: int, image_size: Tuple[int, int], *, objects_per_image: int, num_classes: int, seed: int
+    num_images: int, image_size: Tuple[int, int], *,
+    objects_per_image: int, num_classes: int, seed: int,
 ) -> dict:
     """A COCO-format dict: polygon objects, non-contiguous category ids (1, 3, 5, ...)."""
     from pycocotools import mask as mask_util
@@ -49,8 +50,9 @@ def synthesize_gt(
             poly = _ellipse_polygon(rng, h, w)
             rle = mask_util.merge(mask_util.frPyObjects([poly], h, w))
             xs, ys = poly[0::2], poly[1::2]
+            cat = cats[rng.integers(num_classes)]["id"]
             anns.append({
-                "id": len(anns) + 1, "image_id": img_id, "category_id": cats[rng.integers(num_classes)]["id"],
+                "id": len(anns) + 1, "image_id": img_id, "category_id": cat,
                 "segmentation": [poly], "area": float(mask_util.area(rle)), "iscrowd": 0,
                 "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)],
             })
@@ -123,7 +125,9 @@ def benchmark_evaluator(
         process_s = encode_s = 0.0
         for img in gt["images"]:
             # Synthesis is not timed: only what the evaluator does per image.
-            instances = synthesize_predictions(gt, img["id"], dets_per_image, num_classes=num_classes, rng=rng)
+            instances = synthesize_predictions(
+                gt, img["id"], dets_per_image, num_classes=num_classes, rng=rng
+            )
             inputs = [{"image_id": img["id"], "height": h, "width": w}]
             t0 = time.perf_counter()
             evaluator.process(inputs, [{"instances": instances}])
@@ -150,11 +154,14 @@ def benchmark_evaluator(
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--num-images", type=int, default=20)
     parser.add_argument("--dets-per-image", type=int, default=100)
     parser.add_argument("--image-size", type=int, default=512, help="image width; height is 3/4 of it")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the evaluator is single-threaded)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (the evaluator is single-threaded)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     stats = benchmark_evaluator(args.num_images, args.dets_per_image, args.image_size)

@@ -37,13 +37,15 @@ def encode_masks(masks) -> List[dict]:
     """Compressed RLE of binary masks, in one ``pycocotools.mask.encode`` call.
 
     Args:
-        masks: (N, H, W) bool or uint8 tensor / ndarray.
+        masks: (N, H, W) bool or uint8 tensor / ndarray, or BitMasks.
     Returns:
         N dicts ``{"size": [H, W], "counts": str}`` (counts decoded for JSON).
     """
     import cv2
     from pycocotools import mask as mask_util
 
+    if hasattr(masks, "tensor"):  # BitMasks
+        masks = masks.tensor
     if isinstance(masks, torch.Tensor):
         masks = masks.detach().cpu().numpy()
     if masks.dtype == np.bool_:
@@ -53,10 +55,12 @@ def encode_masks(masks) -> List[dict]:
             f"pred_masks must be bool or uint8 (N, H, W) binary masks, got {masks.dtype}; "
             "threshold mask probabilities (e.g. >= 0.5) before evaluation"
         )
+    if masks.ndim != 3:
+        raise ValueError(f"pred_masks must be (N, H, W), got shape {masks.shape}")
     n, h, w = masks.shape
     # COCO RLE runs down columns, so encode wants a Fortran (H, W, N) array: that
     # is the C-ordered (N, W, H) stack of transposed masks. cv2's 2-D transpose is
-    # ~2.5x faster than numpy's strided copy and dominates the encoding cost.
+    # ~2.5x faster than numpy's strided copy, which would cost as much as encoding.
     transposed = np.empty((n, w, h), dtype=np.uint8)
     masks = np.ascontiguousarray(masks)
     for i in range(n):
@@ -141,7 +145,8 @@ def load_coco_json(json_file: str):
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(json_file)
     for ann in coco.dataset.get("annotations", []):
-        missing = [k for k in ("iscrowd", "area", "bbox", "image_id", "category_id") if k not in ann]
+        required = ("iscrowd", "area", "bbox", "image_id", "category_id")
+        missing = [k for k in required if k not in ann]
         if missing:
             raise ValueError(
                 f"{json_file}: annotation id {ann.get('id')} lacks {missing}; COCOeval needs "
@@ -218,7 +223,8 @@ def evaluate_predictions_on_coco(
     for k, cat_id in enumerate(coco_eval.params.catIds):
         p = precision[:, :, k, 0, -1]
         p = p[p > -1]
-        metrics[f"AP-{names.get(cat_id, cat_id)}"] = float(p.mean() * 100) if p.size else float("nan")
+        ap = float(p.mean() * 100) if p.size else float("nan")
+        metrics[f"AP-{names.get(cat_id, cat_id)}"] = ap
     return metrics
 
 
@@ -267,10 +273,12 @@ def _evaluate_tasks(
         logger.warning("No predictions at all: every AP is 0 (is the score threshold too high?)")
     tasks = list(tasks)
     if "segm" in tasks and not _segm_available(results):
-        logger.warning("Predictions have no masks: evaluating %s only", [t for t in tasks if t != "segm"])
         tasks.remove("segm")
+        logger.warning("Predictions have no masks: evaluating %s only", tasks)
     out = {
-        task: evaluate_predictions_on_coco(coco_gt, results, task, class_names=class_names, img_ids=img_ids)
+        task: evaluate_predictions_on_coco(
+            coco_gt, results, task, class_names=class_names, img_ids=img_ids
+        )
         for task in tasks
     }
     if output_dir:
@@ -288,7 +296,8 @@ def _check_tasks(tasks: Sequence[str]) -> tuple:
 
 
 def evaluate_results_file(
-    json_file: str, results_file: str, tasks: Sequence[str] = VALID_TASKS, output_dir: Optional[str] = None,
+    json_file: str, results_file: str, tasks: Sequence[str] = VALID_TASKS,
+    output_dir: Optional[str] = None,
 ) -> Dict[str, Dict[str, float]]:
     """Re-evaluate a saved ``coco_instances_results.json`` without the model.
 
@@ -342,7 +351,8 @@ class COCOEvaluator(DatasetEvaluator):
                     contiguous_id_to_dataset_id=None, class_names=None)
         return self
 
-    def _setup(self, json_file, *, output_dir, tasks, distributed, contiguous_id_to_dataset_id, class_names):
+    def _setup(self, json_file, *, output_dir, tasks, distributed,
+               contiguous_id_to_dataset_id, class_names):
         self._json_file = json_file
         self._output_dir = output_dir
         self._tasks = _check_tasks(tasks)
@@ -355,10 +365,15 @@ class COCOEvaluator(DatasetEvaluator):
         if sorted(contiguous_id_to_dataset_id) != list(range(k)):
             raise ValueError(f"{json_file}: contiguous class ids must be 0..{k - 1}, "
                              f"got {sorted(contiguous_id_to_dataset_id)}")
-        self._dataset_id_lut = np.array([contiguous_id_to_dataset_id[i] for i in range(k)], dtype=np.int64)
-        self._class_names = (
-            {int(self._dataset_id_lut[i]): name for i, name in enumerate(class_names)} if class_names else None
+        self._dataset_id_lut = np.array(
+            [contiguous_id_to_dataset_id[i] for i in range(k)], dtype=np.int64
         )
+        self._class_names = None
+        if class_names:
+            if len(class_names) != k:
+                raise ValueError(f"{json_file}: {len(class_names)} thing_classes for {k} "
+                                 "contiguous class ids; the dataset metadata is inconsistent")
+            self._class_names = {int(d): name for d, name in zip(self._dataset_id_lut, class_names)}
         self.reset()
 
     def reset(self) -> None:
@@ -380,10 +395,10 @@ class COCOEvaluator(DatasetEvaluator):
                         f"{mask_hw} but the original image is {(inp['height'], inp['width'])}; "
                         "masks must be pasted at the original size"
                     )
-            self._predictions.append({
-                "image_id": int(inp["image_id"]),
-                "instances": instances_to_coco_json(instances, inp["image_id"], dataset_id_lut=self._dataset_id_lut),
-            })
+            records = instances_to_coco_json(
+                instances, inp["image_id"], dataset_id_lut=self._dataset_id_lut
+            )
+            self._predictions.append({"image_id": int(inp["image_id"]), "instances": records})
 
     def evaluate(self) -> Dict[str, Dict[str, float]]:
         """Gather to rank 0 and score there; other ranks return ``{}``."""
@@ -403,18 +418,23 @@ class COCOEvaluator(DatasetEvaluator):
         seen = [p["image_id"] for p in predictions]
         unknown = set(seen) - gt_ids
         if unknown:
-            raise ValueError(f"Processed image ids {sorted(unknown)[:10]} are not in {self._json_file}; "
-                             "is the evaluator built for the dataset the loader reads?")
+            raise ValueError(
+                f"Processed image ids {sorted(unknown)[:10]} are not in {self._json_file}; "
+                "is the evaluator built for the dataset the loader reads?"
+            )
         img_ids = None
         if not predictions:
-            logger.warning("COCOEvaluator received no images; scoring all %d images of %s as missed",
+            logger.warning("COCOEvaluator received no images; all %d images of %s count as missed",
                            len(gt_ids), self._json_file)
         elif len(seen) < len(gt_ids):
             # Images that were never run are not misses: score only what was processed.
-            logger.warning("Evaluating on %d of the %d images of %s", len(seen), len(gt_ids), self._json_file)
+            logger.warning("Evaluating on %d of the %d images of %s",
+                           len(seen), len(gt_ids), self._json_file)
             img_ids = seen
         results = [r for p in predictions for r in p["instances"]]
         if self._output_dir:
             _write_json(os.path.join(self._output_dir, RESULTS_FILE), results)
-        return _evaluate_tasks(self._coco_gt, results, self._tasks, class_names=self._class_names,
-                               img_ids=img_ids, output_dir=self._output_dir)
+        return _evaluate_tasks(
+            self._coco_gt, results, self._tasks, class_names=self._class_names,
+            img_ids=img_ids, output_dir=self._output_dir,
+        )

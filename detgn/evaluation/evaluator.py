@@ -123,7 +123,7 @@ def inference_on_dataset(
         total: Optional[int] = len(data_loader)  # type: ignore[arg-type]
     except TypeError:
         total = None
-    logger.info("Start inference on %s batches", total if total is not None else "an unknown number of")
+    logger.info("Start inference on %s batches", "an unknown number of" if total is None else total)
 
     evaluator.reset()
     num_images = 0
@@ -149,7 +149,8 @@ def inference_on_dataset(
                 timed["eval"] += t_end - t_eval
             if t_end - last_log >= log_period_s:
                 last_log = t_end
-                logger.info(_progress_line(idx + 1, total, num_images, timed_images, timed, t_end - start))
+                elapsed = t_end - start
+                logger.info(_progress_line(idx + 1, total, num_images, timed_images, timed, elapsed))
             t_data = time.perf_counter()
 
     total_s = time.perf_counter() - start
@@ -198,14 +199,16 @@ def format_results_table(results: Dict[str, Dict[str, float]], *, per_category: 
         main = {k: v for k, v in metrics.items() if not k.startswith("AP-")}
         cats = {k[3:]: v for k, v in metrics.items() if k.startswith("AP-")}
         lines.append(f"[{task}]")
-        lines.append(" | ".join(f"{k:>6}" for k in main))
-        lines.append(" | ".join(f"{_fmt(v):>6}" for v in main.values()))
+        lines.append(" | ".join(f"{k:>7}" for k in main))
+        lines.append(" | ".join(f"{_fmt(v):>7}" for v in main.values()))
         if per_category and cats:
             width = max(len(n) for n in cats)
             lines.append("per-category AP:")
-            lines.extend(f"  {name:<{width}}  {_fmt(v):>6}" for name, v in cats.items())
+            lines.extend(f"  {name:<{width}}  {_fmt(v):>7}" for name, v in cats.items())
     return "\n".join(lines)
 
 
 def _fmt(value: float) -> str:
-    return "nan" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "nan"
+    return f"{value:.3f}"

@@ -93,3 +93,37 @@ def toy_cfg(output_dir, **overrides):
             node = node[p]
         node[parts[-1]] = v
     return cfg
+
+
+def make_toy_trainer(output_dir, *, writers=(), eval_fn=None, seed=0, **overrides):
+    """The real ``build_trainer`` on the toy model, toy stream and :func:`toy_cfg`."""
+    from detgn.engine import build_trainer
+    from detgn.utils.seed import seed_all_rng
+
+    cfg = toy_cfg(output_dir, **overrides)
+    seed_all_rng(seed)
+    model = ToyModel()
+    trainer = build_trainer(
+        cfg,
+        model,
+        data_loader_fn=toy_loader_fn(ims_per_batch=cfg.SOLVER.IMS_PER_GPU),
+        eval_fn=eval_fn,
+        writers=list(writers),
+    )
+    trainer.toy_model = model
+    return trainer
+
+
+try:
+    import pytest
+
+    @pytest.fixture
+    def single_thread():
+        """One intra-op thread: on a shared 2-core machine, two spinning threads make toy steps 10x slower."""
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield
+        torch.set_num_threads(before)
+
+except ImportError:  # used by the subprocess scripts, which need no fixture
+    pass

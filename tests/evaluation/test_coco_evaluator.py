@@ -2,6 +2,7 @@
 import json
 import logging
 import math
+import sys
 import types
 
 import numpy as np
@@ -9,7 +10,6 @@ import pytest
 import torch
 from pycocotools import mask as mask_util
 
-import detgn.data
 from detgn.evaluation import (
     COCOEvaluator,
     encode_masks,
@@ -17,7 +17,7 @@ from detgn.evaluation import (
     instances_to_coco_json,
     merge_predictions,
 )
-from detgn.structures import Boxes, Instances
+from detgn.structures import BitMasks, Boxes, Instances
 from detgn.utils import comm
 from eval_testdata import (
     CROWD_BOX,
@@ -131,8 +131,10 @@ def test_catalog_metadata_mapping_and_names(gt_json, monkeypatch):
         name="toy_val", json_file=gt_json, thing_classes=["human", "canine", "flyer"],
         contiguous_id_to_dataset_id={0: 3, 1: 7, 2: 20},
     )
-    catalog = types.SimpleNamespace(get=lambda name: meta)
-    monkeypatch.setattr(detgn.data, "MetadataCatalog", catalog, raising=False)
+    # A stand-in detgn.data: the evaluator only needs MetadataCatalog.get.
+    fake_data = types.ModuleType("detgn.data")
+    fake_data.MetadataCatalog = types.SimpleNamespace(get=lambda name: meta)
+    monkeypatch.setitem(sys.modules, "detgn.data", fake_data)
     evaluator = COCOEvaluator("toy_val", distributed=False, tasks=("bbox",))
     inputs, outputs = to_model_io(perturbed_detections(), make_gt(), with_masks=False)
     evaluator.process(inputs, outputs)
@@ -141,6 +143,22 @@ def test_catalog_metadata_mapping_and_names(gt_json, monkeypatch):
     renamed = {k.replace("person", "human").replace("dog", "canine").replace("kite", "flyer"): v
                for k, v in expected.items()}
     assert_same_metrics(results["bbox"], renamed)
+
+
+def test_real_catalog_registration(gt_json, tmp_path):
+    from detgn.data import DatasetCatalog, MetadataCatalog, register_coco_instances
+
+    name = "detgn_eval_test_toy"
+    register_coco_instances(name, gt_json, str(tmp_path))
+    try:
+        evaluator = COCOEvaluator(name, distributed=False)
+        evaluator.process(*to_model_io(perturbed_detections(), make_gt()))
+        results = evaluator.evaluate()
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    for task in ("bbox", "segm"):
+        assert_same_metrics(results[task], direct_pycocotools(gt_json, perturbed_detections(), task))
 
 
 def test_results_json_written_and_reevaluated(gt_json, tmp_path):
@@ -199,6 +217,9 @@ def test_encode_masks_equals_per_mask_encoding():
         ref = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
         assert rle["size"] == [37, 53] and rle["counts"] == ref["counts"].decode()
     assert encode_masks(np.zeros((0, 4, 6), dtype=bool)) == []
+    assert encode_masks(BitMasks(torch.from_numpy(masks[:2]))) == rles[:2]
+    with pytest.raises(ValueError, match="N, H, W"):
+        encode_masks(torch.zeros(4, 6, dtype=torch.bool))
     with pytest.raises(ValueError, match="threshold"):
         encode_masks(torch.rand(2, 4, 4))
 

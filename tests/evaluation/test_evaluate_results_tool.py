@@ -1,8 +1,7 @@
 """tools/evaluate_results.py re-scores a saved results file like the evaluator did."""
+import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 from detgn.evaluation import COCOEvaluator
 from eval_testdata import assert_same_metrics, make_gt, perfect_detections, to_model_io, write_gt
@@ -11,11 +10,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TOOL = os.path.join(ROOT, "tools", "evaluate_results.py")
 
 
-def _run(*args):
-    return subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+def _load_tool():
+    # In-process: a subprocess would spend seconds re-importing torch.
+    spec = importlib.util.spec_from_file_location("evaluate_results_tool", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def test_tool_reproduces_evaluator_metrics(tmp_path):
+def _run(capsys, *args):
+    code = _load_tool().main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_tool_reproduces_evaluator_metrics(tmp_path, capsys):
     gt_json = write_gt(tmp_path / "instances.json")
     gt = make_gt()
     dets = perfect_detections(gt)
@@ -25,18 +34,20 @@ def test_tool_reproduces_evaluator_metrics(tmp_path):
     expected = evaluator.evaluate()
 
     results_file = str(tmp_path / "run" / "coco_instances_results.json")
-    proc = _run("--json", gt_json, "--results", results_file, "--print-json", "--output-dir", str(tmp_path / "re"))
-    assert proc.returncode == 0, proc.stderr
-    got = json.loads(proc.stdout)
+    code, out, err = _run(capsys, "--json", gt_json, "--results", results_file, "--print-json",
+                          "--output-dir", str(tmp_path / "re"))
+    assert code == 0, err
+    got = json.loads(out)
     for task in ("bbox", "segm"):
         assert_same_metrics(got[task], expected[task])
     assert (tmp_path / "re" / "metrics.json").is_file()
 
-    proc = _run("--json", gt_json, "--results", results_file, "--tasks", "bbox")
-    assert proc.returncode == 0 and "[bbox]" in proc.stdout and "[segm]" not in proc.stdout
+    code, out, _ = _run(capsys, "--json", gt_json, "--results", results_file, "--tasks", "bbox")
+    assert code == 0 and "[bbox]" in out and "[segm]" not in out and "AP-person" not in out
+    assert "person" in out  # per-category table
 
 
-def test_tool_reports_missing_file(tmp_path):
+def test_tool_reports_missing_file(tmp_path, capsys):
     gt_json = write_gt(tmp_path / "instances.json")
-    proc = _run("--json", gt_json, "--results", str(tmp_path / "missing.json"))
-    assert proc.returncode == 2 and "missing.json" in proc.stderr
+    code, _, err = _run(capsys, "--json", gt_json, "--results", str(tmp_path / "missing.json"))
+    assert code == 2 and "missing.json" in err

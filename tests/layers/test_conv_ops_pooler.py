@@ -25,6 +25,15 @@ from detgn.layers import (
 from detgn.structures import Boxes
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The test machine's cores are shared; one thread avoids oversubscription stalls.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_conv_bias_rules():
     assert Conv2d(3, 8, 3).bias is not None and Conv2d(3, 8, 3).norm is None
     assert Conv2d(3, 8, 3, norm="").bias is not None

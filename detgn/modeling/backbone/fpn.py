@@ -129,6 +129,11 @@ def build_resnet_fpn_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> F
             f"MODEL.FPN.IN_FEATURES {list(fpn.IN_FEATURES)} needs {missing} from the ResNet; "
             f"add them to MODEL.RESNETS.OUT_FEATURES (now {list(cfg.MODEL.RESNETS.OUT_FEATURES)})"
         )
+    if cfg.MODEL.RESNETS.RES5_DILATION != 1 and "res5" in fpn.IN_FEATURES:
+        raise ConfigError(
+            "MODEL.RESNETS.RES5_DILATION = 2 keeps res5 at stride 16, which an FPN level cannot "
+            "use; set it to 1 or drop res5 from MODEL.FPN.IN_FEATURES"
+        )
     return FPN(
         bottom_up=bottom_up,
         in_features=fpn.IN_FEATURES,

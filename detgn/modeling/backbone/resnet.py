@@ -284,7 +284,10 @@ class ResNet(Backbone):
         self.freeze(freeze_at)
 
     def freeze(self, freeze_at: int) -> "ResNet":
-        """Freeze the stem (``freeze_at >= 1``) and res2..res``freeze_at``; see ``freeze_module``."""
+        """Freeze the stem (``freeze_at >= 1``) and res2..res``freeze_at``; see ``freeze_module``.
+
+        One-way: parts frozen earlier stay frozen (their BNs are FrozenBN now).
+        """
         if freeze_at < 0 or freeze_at > 5:
             raise ValueError(f"freeze_at must be in 0..5 (MODEL.BACKBONE.FREEZE_AT), got {freeze_at}")
         self.freeze_at = freeze_at

@@ -22,6 +22,7 @@ from torch import nn
 
 from detgn.layers import ROIPooler, norm_from_cfg
 from detgn.layers.shape_spec import ShapeSpec
+from detgn.modeling.backbone.resnet import build_res5_stage
 from detgn.modeling.matcher import Matcher
 from detgn.modeling.sampling import subsample_labels
 from detgn.structures import Boxes, ImageList, Instances, pairwise_iou
@@ -334,8 +335,6 @@ class Res5ROIHeads(ROIHeads):
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]) -> "Res5ROIHeads":
         """C4 heads: res5 built like the backbone's (MODEL.RESNETS, its NORM), pooled at
         MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION (14 in the C4 configs)."""
-        from detgn.modeling.backbone.resnet import make_res5_stage  # the backbone owns how stages are built
-
         in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
         _check_features(in_features, input_shape, "MODEL.ROI_HEADS.IN_FEATURES")
         if len(in_features) != 1:
@@ -355,7 +354,13 @@ class Res5ROIHeads(ROIHeads):
             output_size=res, scales=[1.0 / shape.stride], sampling_ratio=box.POOLER_SAMPLING_RATIO,
             aligned=_aligned(cfg, box.POOLER_ALIGNED),
         )
-        res5, out_channels = make_res5_stage(cfg, in_channels=shape.channels)
+        res5, out_channels = build_res5_stage(cfg)
+        res5_in = res5[0].in_channels
+        if res5_in != shape.channels:
+            raise ValueError(
+                f"The C4 head's res5 expects {res5_in} input channels but {in_features[0]} has {shape.channels}; "
+                "MODEL.RESNETS must describe the backbone the RoI heads pool from"
+            )
         box_predictor = build_fast_rcnn_output_layers(cfg, ShapeSpec(channels=out_channels, height=1, width=1))
         mask_head = None
         if cfg.MODEL.MASK_ON:

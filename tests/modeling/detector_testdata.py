@@ -1,0 +1,132 @@
+"""Tiny configs and batches for the detector tests (shared by several test files)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from detgn.config import get_cfg
+from detgn.structures import Boxes, Instances, PolygonMasks
+
+NORMS = ["FrozenBN", "GN", "LN", "IN", "BN"]
+
+
+def tiny_cfg(arch: str = "FPN", norm: str = "FrozenBN", box_head: str = "2fc", *, depth: int = 18, small: bool = True):
+    """A fast config: R18 at reduced width, few anchors/RoIs, 3 classes.
+
+    ``norm`` goes to the ResNet; FPN, box head and mask head get it too, except for
+    FrozenBN (the BN* baseline: no norm in FPN and heads). Non-frozen norms train
+    everything (FREEZE_AT 0), FrozenBN keeps the default FREEZE_AT 2.
+    """
+    cfg = get_cfg()
+    cfg.VERBOSE_STARTUP = False
+    cfg.MODEL.RESNETS.DEPTH = depth
+    cfg.MODEL.RESNETS.NORM = norm
+    cfg.MODEL.BACKBONE.FREEZE_AT = 2 if norm == "FrozenBN" else 0
+    head_norm = "" if norm == "FrozenBN" else norm
+    cfg.MODEL.GROUP_NORM.NUM_GROUPS = 8 if small else 32
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
+    cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 64
+    cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 300
+    cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = 200
+    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 64
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 64
+    cfg.MODEL.ROI_MASK_HEAD.NORM = head_norm
+    if small:
+        cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = 32
+        cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 32
+        cfg.MODEL.FPN.OUT_CHANNELS = 64
+        cfg.MODEL.ROI_BOX_HEAD.CONV_DIM = 64
+        cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 128
+        cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = 64
+    if arch == "FPN":
+        cfg.MODEL.FPN.NORM = head_norm
+        cfg.MODEL.ROI_BOX_HEAD.NORM = head_norm
+        cfg.MODEL.ROI_BOX_HEAD.NUM_CONV, cfg.MODEL.ROI_BOX_HEAD.NUM_FC = (4, 1) if box_head == "4conv1fc" else (0, 2)
+    elif arch == "C4":
+        cfg.MODEL.BACKBONE.NAME = "build_resnet_c4_backbone"
+        cfg.MODEL.RESNETS.OUT_FEATURES = ["res4"]
+        cfg.MODEL.RPN.IN_FEATURES = ["res4"]
+        cfg.MODEL.ROI_HEADS.IN_FEATURES = ["res4"]
+        cfg.MODEL.ROI_HEADS.NAME = "Res5ROIHeads"
+        cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[32, 64, 128, 256, 512]]
+        cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 14
+    else:
+        raise ValueError(arch)
+    return cfg
+
+
+def _rect(x1, y1, x2, y2):
+    return [x1, y1, x2, y1, x2, y2, x1, y2]
+
+
+def make_sample(h, w, objects, *, seed=0, scale=1.0):
+    """A mapper-style dict: a dark noisy image with bright painted objects.
+
+    ``objects`` is a list of (class, polygon as flat x,y list). ``height``/``width``
+    (the "original" size) are the image size times ``scale``.
+    """
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 40, size=(3, h, w)).astype(np.uint8)
+    polys, boxes, classes = [], [], []
+    for cls, poly in objects:
+        p = np.asarray(poly, dtype=np.float64)
+        x1, y1, x2, y2 = p[0::2].min(), p[1::2].min(), p[0::2].max(), p[1::2].max()
+        colour = np.array([[[200]], [[60 + 60 * cls]], [[255 - 50 * cls]]], dtype=np.uint8)
+        img[:, int(y1):int(y2), int(x1):int(x2)] = colour
+        polys.append([p])
+        boxes.append([x1, y1, x2, y2])
+        classes.append(cls)
+    inst = Instances(
+        (h, w),
+        gt_boxes=Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)),
+        gt_classes=torch.tensor(classes, dtype=torch.int64),
+        gt_masks=PolygonMasks(polys),
+    )
+    return {
+        "image": torch.from_numpy(img),
+        "height": int(round(h * scale)),
+        "width": int(round(w * scale)),
+        "image_id": seed,
+        "file_name": f"synthetic_{seed}.png",
+        "instances": inst,
+    }
+
+
+def tiny_batch(size=128):
+    """Two images (one landscape) with three objects."""
+    s = size
+    return [
+        make_sample(s, s, [(0, _rect(10, 12, 60, 70)), (2, _rect(70, 30, 120, 110))], seed=1, scale=1.5),
+        make_sample(s - 32, s + 32, [(1, _rect(40, 20, 110, 80))], seed=2, scale=0.5),
+    ]
+
+
+def empty_batch(size=128):
+    """Two images without any instance."""
+    return [make_sample(size, size, [], seed=3), make_sample(size - 32, size, [], seed=4)]
+
+
+@torch.no_grad()
+def calibrate_frozen_bn(model, batch):
+    """Give every FrozenBN the statistics of its input on ``batch``, like BN* weights
+    from pre-training: a randomly initialised network with identity FrozenBNs has
+    exploding activations, which no pre-trained BN* model has."""
+    from detgn.layers import FrozenBatchNorm2d
+
+    def set_stats(module, inputs):
+        x = inputs[0]
+        if x.numel() and not getattr(module, "_calibrated", False):
+            module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+            module.running_var.copy_(x.var(dim=(0, 2, 3), unbiased=False))
+            module._calibrated = True
+
+    handles = [m.register_forward_pre_hook(set_stats) for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    was_training = model.training
+    model.eval()
+    try:
+        model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)

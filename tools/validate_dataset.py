@@ -1,0 +1,130 @@
+#!/usr/bin/env python
+"""Report every problem in a COCO-format dataset, then exit 1 if there was any.
+
+    python tools/validate_dataset.py --json instances.json --images dir [--workers 8] [--quick]
+
+Checks (the same rules ``load_coco_json`` applies, but listing all of them with ids):
+bad annotations by reason (missing keys, degenerate or out-of-image boxes, polygons
+with < 3 points or an odd number of coordinates, malformed RLE, unknown categories,
+annotations of missing images, duplicate annotation ids), invalid or duplicate image
+records, and image files that are missing, undecodable, or whose size differs from
+the JSON. Images without annotations are listed as information, not as problems.
+Exit code: 0 clean, 1 problems found, 2 the JSON itself cannot be read.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import defaultdict
+from multiprocessing import Pool
+from typing import List, Optional, Sequence, Tuple
+
+from detgn.data.coco import REASONS, CocoFormatError, read_coco_json, scan_coco
+from detgn.data.mapper import ImageReadError, read_image
+
+# reason -> heading, for problems of the image files themselves.
+FILE_REASONS = {
+    "missing_image_file": "missing image files",
+    "corrupt_image_file": "unreadable or corrupt image files",
+    "image_size_mismatch": "image files whose size differs from the JSON",
+}
+
+
+def check_image_file(job: Tuple[int, str, int, int, bool]) -> Optional[Tuple[str, int, str]]:
+    """``(image_id, path, height, width, quick)`` -> ``(reason, image_id, message)`` or None."""
+    image_id, path, height, width, quick = job
+    if not os.path.isfile(path):
+        return "missing_image_file", image_id, f"image id {image_id}: {path}: file not found"
+    try:
+        if quick:
+            from PIL import Image  # header only: size without decoding the pixels
+
+            with Image.open(path) as im:
+                w, h = im.size
+        else:
+            h, w = read_image(path, image_id=image_id).shape[:2]
+    except (ImageReadError, OSError, SyntaxError) as e:  # PIL raises SyntaxError for some bad headers
+        return "corrupt_image_file", image_id, f"image id {image_id}: {e}"
+    if (h, w) != (height, width):
+        return (
+            "image_size_mismatch",
+            image_id,
+            f"image id {image_id}: {path} is {w}x{h} (width x height) but the JSON says {width}x{height}",
+        )
+    return None
+
+
+def _strip_prefix(message: str, json_file: str) -> str:
+    prefix = f"{json_file}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+def validate(json_file: str, image_root: str, *, check_files: bool = True, quick: bool = False,
+             workers: int = 1, out=sys.stdout) -> int:
+    """Print the report for one dataset; return the exit code (0, 1 or 2)."""
+    print(f"Validating {json_file} (images under {image_root})", file=out)
+    try:
+        data = read_coco_json(json_file)
+        scan = scan_coco(data, json_file)
+    except CocoFormatError as e:
+        print(f"FATAL: {e}", file=out)
+        return 2
+    n_anns = len(data.get("annotations", []))
+    print(f"  {len(data['images'])} image records, {n_anns} annotations, {len(scan.categories.dataset_ids)} categories",
+          file=out)
+
+    groups = defaultdict(list)
+    for p in scan.problems:
+        groups[REASONS[p.reason][2]].append(_strip_prefix(p.message, json_file))
+    if check_files:
+        jobs = [(img["id"], os.path.join(image_root, img["file_name"]), img["height"], img["width"], quick)
+                for img in scan.images]
+        if workers > 1 and len(jobs) > 1:
+            with Pool(workers) as pool:
+                results = pool.map(check_image_file, jobs, chunksize=max(1, len(jobs) // (workers * 8)))
+        else:
+            results = [check_image_file(j) for j in jobs]
+        for r in results:
+            if r is not None:
+                groups[FILE_REASONS[r[0]]].append(r[2])
+
+    n_problems = sum(len(v) for v in groups.values())
+    if n_problems:
+        print(f"PROBLEMS ({n_problems})", file=out)
+        for heading, messages in groups.items():
+            print(f"  {heading} ({len(messages)}):", file=out)
+            for m in messages:
+                print(f"    {m}", file=out)
+    empty = [img["id"] for img in scan.images if not scan.annotations[img["id"]]]
+    if empty:
+        shown = ", ".join(str(i) for i in empty[:50]) + (" ..." if len(empty) > 50 else "")
+        print(f"INFO: {len(empty)} image(s) without usable annotations (kept at test time, "
+              f"filtered in training by DATALOADER.FILTER_EMPTY_ANNOTATIONS): image ids {shown}", file=out)
+    if n_problems:
+        counts = ", ".join(f"{len(v)} {k}" for k, v in groups.items())
+        print(f"SUMMARY: {n_problems} problem(s): {counts}. Fix them, or train with "
+              "DATASETS.ON_BAD_ANNOTATION skip (bad annotations dropped) and DATALOADER.MAX_BAD_IMAGES "
+              "(unreadable images skipped).", file=out)
+        return 1
+    kept = sum(len(v) for v in scan.annotations.values())
+    files = "image files checked" if check_files else "image files NOT checked (--no-images)"
+    print(f"SUMMARY: clean: {len(scan.images)} images, {kept} annotations, {files}.", file=out)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", required=True, help="COCO instances JSON")
+    parser.add_argument("--images", required=True, help="folder the JSON's file_name entries are relative to")
+    parser.add_argument("--no-images", action="store_true", help="skip opening the image files")
+    parser.add_argument("--quick", action="store_true",
+                        help="read only image headers (sizes) instead of decoding every image")
+    parser.add_argument("--workers", type=int, default=1, help="processes for the image checks")
+    args = parser.parse_args(argv)
+    return validate(args.json, args.images, check_files=not args.no_images, quick=args.quick,
+                    workers=max(1, args.workers))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
