@@ -59,7 +59,7 @@ _C.MODEL.RESNETS.WIDTH_PER_GROUP = 64
 # Channels of the stem output and of res2's output.
 _C.MODEL.RESNETS.STEM_OUT_CHANNELS = 64
 _C.MODEL.RESNETS.RES2_OUT_CHANNELS = 256
-# Put the stride on the 3x3 conv (True, as in the paper's models) or the first 1x1.
+# False puts a block's stride on the 3x3 conv (the paper's models); True on the first 1x1.
 _C.MODEL.RESNETS.STRIDE_IN_1X1 = False
 # Dilation of res5 (1 or 2).
 _C.MODEL.RESNETS.RES5_DILATION = 1
