@@ -58,7 +58,9 @@ REASONS: Dict[str, Tuple[str, str, str]] = {
     "degenerate_box": ("annotation", "degenerate box", "degenerate boxes"),
     "box_outside_image": ("annotation", "box outside the image", "boxes outside the image"),
     "polygon_too_short": ("annotation", "polygon with < 3 points", "polygons with < 3 points"),
-    "polygon_odd_length": ("annotation", "polygon with an odd number of coordinates", "polygons with an odd number of coordinates"),
+    "polygon_odd_length": (
+        "annotation", "polygon with an odd number of coordinates", "polygons with an odd number of coordinates"
+    ),
     "bad_segmentation": ("annotation", "malformed segmentation", "malformed segmentations"),
     "bad_image_record": ("image", "invalid image record", "invalid image records"),
     "duplicate_image_id": ("image", "duplicate image id", "duplicate image ids"),
@@ -77,6 +79,9 @@ class Problem:
     message: str
     image_id: Any = None
     ann_id: Any = None
+    # Position of the record in the JSON's "annotations" (or "images") list: unique
+    # even when ids are missing or repeated.
+    index: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -111,15 +116,14 @@ def read_coco_json(json_file: str) -> dict:
         raise CocoFormatError(f"{json_file}: not valid JSON: {e}. Re-export or re-download the file.") from None
     except (OSError, UnicodeDecodeError) as e:
         raise CocoFormatError(f"{json_file}: cannot read annotation file: {e}") from None
+    needs = "a COCO instances file is an object with 'images', 'annotations' and 'categories'"
     if not isinstance(data, dict):
-        raise CocoFormatError(f"{json_file}: a COCO JSON is an object with 'images', 'annotations' and 'categories', got a {type(data).__name__}")
-    for key in ("images", "categories"):
-        if key not in data:
-            raise CocoFormatError(f"{json_file}: missing top-level key '{key}'; a COCO instances file needs 'images', 'annotations' and 'categories'")
-        if not isinstance(data[key], list):
+        raise CocoFormatError(f"{json_file}: {needs}, got a {type(data).__name__}")
+    for key in ("images", "categories", "annotations"):
+        if key not in data and key != "annotations":  # test-set files have no annotations
+            raise CocoFormatError(f"{json_file}: missing top-level key '{key}'; {needs}")
+        if not isinstance(data.get(key, []), list):
             raise CocoFormatError(f"{json_file}: top-level '{key}' must be a list, got {type(data[key]).__name__}")
-    if not isinstance(data.get("annotations", []), list):
-        raise CocoFormatError(f"{json_file}: top-level 'annotations' must be a list, got {type(data['annotations']).__name__}")
     return data
 
 
@@ -139,9 +143,14 @@ def parse_categories(data: dict, json_file: str) -> CocoCategories:
     names: Dict[int, str] = {}
     for i, c in enumerate(cats):
         if not isinstance(c, dict) or not _is_int(c.get("id")) or not isinstance(c.get("name"), str):
-            raise CocoFormatError(f"{json_file}: categories[{i}] = {c!r} must be an object with an integer 'id' and a string 'name'")
+            raise CocoFormatError(
+                f"{json_file}: categories[{i}] = {c!r} must be an object with an integer 'id' and a string 'name'"
+            )
         if c["id"] in names:
-            raise CocoFormatError(f"{json_file}: category id {c['id']} appears twice ('{names[c['id']]}' and '{c['name']}'); category ids must be unique")
+            raise CocoFormatError(
+                f"{json_file}: category id {c['id']} appears twice ('{names[c['id']]}' and '{c['name']}'); "
+                "category ids must be unique"
+            )
         names[c["id"]] = c["name"]
     ids = sorted(names)
     return CocoCategories(
@@ -176,74 +185,89 @@ def _where(json_file: str, image_id: Any, ann_id: Any, index: int) -> str:
     return f"{json_file}: {ann} (image id {image_id})"
 
 
-def _check_segmentation(segm: Any, image: dict, where: str) -> List[Problem]:
-    """Problems of a polygon list or an RLE dict (reason, message) for one annotation."""
+def _check_rle(rle: dict, image: dict) -> Optional[Tuple[str, str]]:
+    if "counts" not in rle or "size" not in rle:
+        return "bad_segmentation", f"RLE segmentation needs 'counts' and 'size', has {sorted(rle)}"
+    size, counts = list(rle["size"]), rle["counts"]
+    if size != [image["height"], image["width"]]:
+        return "bad_segmentation", (
+            f"RLE size {size} differs from the image's [height, width] = [{image['height']}, {image['width']}]"
+        )
+    if isinstance(counts, list):
+        if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != size[0] * size[1]:
+            return "bad_segmentation", (
+                f"uncompressed RLE counts must be non-negative integers summing to height*width = {size[0] * size[1]}"
+            )
+    elif not isinstance(counts, (str, bytes)):
+        return "bad_segmentation", f"RLE 'counts' must be a string or a list of integers, got {type(counts).__name__}"
+    return None
+
+
+def _check_polygon(j: int, poly: Any) -> Optional[Tuple[str, str]]:
+    if not isinstance(poly, list):
+        return "bad_segmentation", f"polygon {j} must be a flat list [x0, y0, x1, y1, ...], got {type(poly).__name__}"
+    try:
+        arr = np.asarray(poly, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = None
+    if arr is None or arr.ndim != 1 or not np.isfinite(arr).all():
+        return "bad_segmentation", f"polygon {j} must be a flat list of finite numbers"
+    if len(poly) % 2 == 1:
+        return "polygon_odd_length", f"polygon {j} has an odd number of coordinates ({len(poly)}), not x, y pairs"
+    if len(poly) < 6:
+        return "polygon_too_short", f"polygon {j} has {len(poly) // 2} point(s); a polygon needs at least 3"
+    return None
+
+
+def _check_segmentation(segm: Any, image: dict) -> List[Tuple[str, str]]:
+    """(reason, text) for each problem of a polygon list or an RLE dict."""
     if isinstance(segm, dict):
-        if "counts" not in segm or "size" not in segm:
-            return [Problem("bad_segmentation", f"{where}: RLE segmentation needs 'counts' and 'size', has {sorted(segm)}")]
-        size = segm["size"]
-        if list(size) != [image["height"], image["width"]]:
-            return [Problem("bad_segmentation", f"{where}: RLE size {list(size)} differs from the image's [height, width] = [{image['height']}, {image['width']}]")]
-        counts = segm["counts"]
-        if isinstance(counts, list):
-            if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != size[0] * size[1]:
-                return [Problem("bad_segmentation", f"{where}: uncompressed RLE counts must be non-negative integers summing to height*width = {size[0] * size[1]}")]
-        elif not isinstance(counts, (str, bytes)):
-            return [Problem("bad_segmentation", f"{where}: RLE 'counts' must be a string or a list of integers, got {type(counts).__name__}")]
-        return []
+        found = _check_rle(segm, image)
+        return [found] if found else []
     if not isinstance(segm, list):
-        return [Problem("bad_segmentation", f"{where}: segmentation must be a list of polygons or an RLE dict, got {type(segm).__name__}")]
+        return [("bad_segmentation", f"segmentation must be a polygon list or an RLE dict, got {type(segm).__name__}")]
     if not segm:
-        return [Problem("bad_segmentation", f"{where}: segmentation is an empty list (no polygon)")]
-    problems = []
-    for j, poly in enumerate(segm):
-        if not isinstance(poly, list):
-            problems.append(Problem("bad_segmentation", f"{where}: polygon {j} must be a flat list [x0, y0, x1, y1, ...], got {type(poly).__name__}"))
-            continue
-        try:
-            arr = np.asarray(poly, dtype=np.float64)
-        except (TypeError, ValueError):
-            arr = None
-        if arr is None or arr.ndim != 1 or not np.isfinite(arr).all():
-            problems.append(Problem("bad_segmentation", f"{where}: polygon {j} must be a flat list of finite numbers"))
-        elif len(poly) % 2 == 1:
-            problems.append(Problem("polygon_odd_length", f"{where}: polygon {j} has an odd number of coordinates ({len(poly)}); it must be x, y pairs"))
-        elif len(poly) < 6:
-            problems.append(Problem("polygon_too_short", f"{where}: polygon {j} has {len(poly) // 2} point(s); a polygon needs at least 3"))
-    return problems
+        return [("bad_segmentation", "segmentation is an empty list (no polygon)")]
+    return [p for p in (_check_polygon(j, poly) for j, poly in enumerate(segm)) if p is not None]
 
 
-def _check_annotation(ann: dict, image: dict, cats: CocoCategories, where: str) -> Tuple[Optional[dict], List[Problem]]:
-    """Validate one annotation of a known image; returns (cleaned record or None, problems)."""
-    problems: List[Problem] = []
-    if ann["category_id"] not in cats.dataset_to_contiguous:
-        problems.append(Problem("unknown_category", f"{where}: category_id {ann['category_id']!r} is not in the JSON's categories (ids {cats.dataset_ids})"))
-    iscrowd = ann.get("iscrowd", 0)
-    if iscrowd not in (0, 1):
-        problems.append(Problem("bad_field", f"{where}: iscrowd must be 0 or 1, got {iscrowd!r}"))
-    area = ann.get("area")
-    if area is not None and not _is_number(area):
-        problems.append(Problem("bad_field", f"{where}: area must be a finite number, got {area!r}"))
-    box = ann["bbox"]
-    clipped = None
+def _check_box(box: Any, image: dict) -> Tuple[Optional[List[float]], Optional[Tuple[str, str]]]:
+    """(box clipped to the image as XYWH, None) or (None, (reason, text))."""
     if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(_is_number(v) for v in box):
-        problems.append(Problem("bad_bbox", f"{where}: bbox {box!r} must be 4 finite numbers [x, y, width, height]"))
-    else:
-        x, y, w, h = (float(v) for v in box)
-        H, W = image["height"], image["width"]
-        t = BOX_OVERSHOOT_TOLERANCE
-        if w <= 0 or h <= 0:
-            problems.append(Problem("degenerate_box", f"{where}: bbox {list(box)} has zero or negative width/height"))
-        elif x < -t or y < -t or x + w > W + t or y + h > H + t:
-            problems.append(Problem("box_outside_image", f"{where}: bbox {list(box)} (x2={x + w:g}, y2={y + h:g}) extends more than {t:g}px outside the {W}x{H} (width x height) image"))
-        else:
-            x1, y1 = min(max(x, 0.0), W), min(max(y, 0.0), H)
-            x2, y2 = min(max(x + w, 0.0), W), min(max(y + h, 0.0), H)
-            if x2 <= x1 or y2 <= y1:
-                problems.append(Problem("degenerate_box", f"{where}: bbox {list(box)} has no area inside the {W}x{H} image"))
-            clipped = [x1, y1, x2 - x1, y2 - y1]
+        return None, ("bad_bbox", f"bbox {box!r} must be 4 finite numbers [x, y, width, height]")
+    x, y, w, h = (float(v) for v in box)
+    H, W, t = image["height"], image["width"], BOX_OVERSHOOT_TOLERANCE
+    if w <= 0 or h <= 0:
+        return None, ("degenerate_box", f"bbox {list(box)} has zero or negative width/height")
+    if x < -t or y < -t or x + w > W + t or y + h > H + t:
+        return None, ("box_outside_image", (
+            f"bbox {list(box)} (x2={x + w:g}, y2={y + h:g}) extends more than {t:g}px outside the "
+            f"{W}x{H} (width x height) image"
+        ))
+    x1, y1 = min(max(x, 0.0), W), min(max(y, 0.0), H)
+    x2, y2 = min(max(x + w, 0.0), W), min(max(y + h, 0.0), H)
+    if x2 <= x1 or y2 <= y1:
+        return None, ("degenerate_box", f"bbox {list(box)} has no area inside the {W}x{H} image")
+    return [x1, y1, x2 - x1, y2 - y1], None
+
+
+def _check_annotation(ann: dict, image: dict, cats: CocoCategories) -> Tuple[Optional[dict], List[Tuple[str, str]]]:
+    """Validate one annotation of a known image: (cleaned record, []) or (None, [(reason, text), ...])."""
+    problems: List[Tuple[str, str]] = []
+    if ann["category_id"] not in cats.dataset_to_contiguous:
+        problems.append(("unknown_category", (
+            f"category_id {ann['category_id']!r} is not in the JSON's categories (ids {cats.dataset_ids})"
+        )))
+    iscrowd, area = ann.get("iscrowd", 0), ann.get("area")
+    if iscrowd not in (0, 1):
+        problems.append(("bad_field", f"iscrowd must be 0 or 1, got {iscrowd!r}"))
+    if area is not None and not _is_number(area):
+        problems.append(("bad_field", f"area must be a finite number, got {area!r}"))
+    clipped, box_problem = _check_box(ann["bbox"], image)
+    if box_problem:
+        problems.append(box_problem)
     if "segmentation" in ann:
-        problems.extend(_check_segmentation(ann["segmentation"], image, where))
+        problems.extend(_check_segmentation(ann["segmentation"], image))
     if problems:
         return None, problems
     out = {
@@ -258,33 +282,38 @@ def _check_annotation(ann: dict, image: dict, cats: CocoCategories, where: str) 
     return out, []
 
 
+def _image_record_problem(img: dict) -> Optional[str]:
+    missing = [k for k in ("id", "file_name", "height", "width") if k not in img]
+    if missing:
+        return f"missing key(s) {missing}"
+    if not _is_int(img["id"]):
+        return f"id must be an integer, got {img['id']!r}"
+    if not isinstance(img["file_name"], str) or not img["file_name"]:
+        return f"file_name must be a non-empty string, got {img['file_name']!r}"
+    h, w = img["height"], img["width"]
+    if not (_is_int(h) and _is_int(w) and h > 0 and w > 0):
+        return f"height and width must be positive integers, got {h!r} x {w!r}"
+    return None
+
+
 def _scan_images(images: Sequence[Any], json_file: str) -> Tuple[Dict[int, dict], set, List[Problem]]:
     """Valid image entries by id, ids of invalid entries, and the problems found."""
     good: Dict[int, dict] = {}
     bad_ids, problems = set(), []
     for i, img in enumerate(images):
         img_id = img.get("id") if isinstance(img, dict) else None
+        img_id = img_id if _is_int(img_id) else None
         where = f"{json_file}: images[{i}] (image id {img_id})"
-        if not isinstance(img, dict):
-            problems.append(Problem("bad_image_record", f"{where}: must be an object, got {type(img).__name__}"))
-            continue
-        missing = [k for k in ("id", "file_name", "height", "width") if k not in img]
-        if missing:
-            msg = f"{where}: missing key(s) {missing}"
-        elif not _is_int(img_id):
-            msg = f"{where}: id must be an integer, got {img_id!r}"
-        elif not isinstance(img["file_name"], str) or not img["file_name"]:
-            msg = f"{where}: file_name must be a non-empty string, got {img['file_name']!r}"
-        elif not (_is_int(img["height"]) and _is_int(img["width"]) and img["height"] > 0 and img["width"] > 0):
-            msg = f"{where}: height and width must be positive integers, got {img['height']!r} x {img['width']!r}"
-        else:
-            msg = None
-        if msg is not None:
-            problems.append(Problem("bad_image_record", msg, image_id=img_id))
-            if _is_int(img_id) and img_id not in good:
+        text = _image_record_problem(img) if isinstance(img, dict) else f"must be an object, got {type(img).__name__}"
+        if text is not None:
+            problems.append(Problem("bad_image_record", f"{where}: {text}", img_id, index=i))
+            if img_id is not None and img_id not in good:
                 bad_ids.add(img_id)
         elif img_id in good:
-            problems.append(Problem("duplicate_image_id", f"{where}: image id {img_id} is used again (first by '{good[img_id]['file_name']}'); this entry ('{img['file_name']}') is ignored", image_id=img_id))
+            problems.append(Problem("duplicate_image_id", (
+                f"{where}: image id {img_id} is used again (first by '{good[img_id]['file_name']}'); "
+                f"this entry ('{img['file_name']}') is ignored"
+            ), img_id, index=i))
         else:
             good[img_id] = img
             bad_ids.discard(img_id)
@@ -303,29 +332,37 @@ def scan_coco(data: dict, json_file: str) -> CocoScan:
     seen_ids = set()
     for i, ann in enumerate(data.get("annotations", [])):
         if not isinstance(ann, dict):
-            problems.append(Problem("missing_key", f"{json_file}: annotations[{i}] must be an object, got {type(ann).__name__}"))
+            problems.append(Problem("missing_key", (
+                f"{json_file}: annotations[{i}] must be an object, got {type(ann).__name__}"
+            ), index=i))
             continue
         ann_id, img_id = ann.get("id"), ann.get("image_id")
+        ann_id = ann_id if _is_int(ann_id) or ann_id is None else repr(ann_id)
+        img_id = img_id if _is_int(img_id) or img_id is None else repr(img_id)
         where = _where(json_file, img_id, ann_id, i)
+
+        def problem(reason: str, text: str) -> Problem:
+            return Problem(reason, f"{where}: {text}", img_id, ann_id, index=i)
+
         missing = [k for k in ("id", "image_id", "bbox", "category_id") if k not in ann]
+        not_int = [k for k in ("id", "image_id", "category_id") if k in ann and not _is_int(ann[k])]
         if missing:
-            problems.append(Problem("missing_key", f"{where}: missing key(s) {missing}", img_id, ann_id))
-            continue
-        if ann_id in seen_ids:
-            problems.append(Problem("duplicate_annotation_id", f"{where}: annotation id {ann_id} is used more than once; ids must be unique", img_id, ann_id))
-            continue
-        seen_ids.add(ann_id)
-        if img_id not in images:
-            if img_id in bad_image_ids:
-                problems.append(Problem("image_dropped", f"{where}: its image record is invalid (reported separately)", img_id, ann_id))
-            else:
-                problems.append(Problem("missing_image", f"{where}: image id {img_id!r} is not in 'images'", img_id, ann_id))
-            continue
-        clean, found = _check_annotation(ann, images[img_id], cats, where)
-        if found:
-            problems.extend(Problem(p.reason, p.message, img_id, ann_id) for p in found)
+            problems.append(problem("missing_key", f"missing key(s) {missing}"))
+        elif not_int:
+            problems.append(problem("bad_field", f"{', '.join(not_int)} must be integer(s)"))
+        elif ann_id in seen_ids:
+            problems.append(problem("duplicate_annotation_id", f"annotation id {ann_id} is used more than once"))
+        elif img_id in bad_image_ids:
+            problems.append(problem("image_dropped", "its image record is invalid (reported separately)"))
+        elif img_id not in images:
+            problems.append(problem("missing_image", f"image id {img_id} is not in 'images'"))
         else:
-            anns[img_id].append(clean)
+            clean, found = _check_annotation(ann, images[img_id], cats)
+            problems.extend(problem(reason, text) for reason, text in found)
+            if clean is not None:
+                anns[img_id].append(clean)
+        if _is_int(ann.get("id")):
+            seen_ids.add(ann["id"])
     return CocoScan(json_file, cats, list(images.values()), anns, problems)
 
 
@@ -334,13 +371,13 @@ def summarize_problems(problems: Sequence[Problem]) -> str:
 
     Each annotation or image record counts once, under its first problem.
     """
-    first: Dict[Tuple[str, Any, Any], str] = {}
+    first: Dict[Tuple[str, Any], str] = {}
     for k, p in enumerate(problems):
-        # Problems without an id (e.g. a non-object entry) are distinct records.
-        key = (REASONS[p.reason][0], p.image_id, p.ann_id) if (p.ann_id is not None or p.image_id is not None) else ("?", k, None)
+        key = (REASONS[p.reason][0], p.index if p.index is not None else f"#{k}")
         first.setdefault(key, p.reason)
     parts = []
-    for kind, singular, plural in (("annotation", "annotation", "annotations"), ("image", "image record", "image records")):
+    kinds = (("annotation", "annotation", "annotations"), ("image", "image record", "image records"))
+    for kind, singular, plural in kinds:
         counts = Counter(r for r in first.values() if REASONS[r][0] == kind)
         n = sum(counts.values())
         if n:
@@ -349,7 +386,9 @@ def summarize_problems(problems: Sequence[Problem]) -> str:
     return "; ".join(parts) if parts else "nothing"
 
 
-def load_coco_json(json_file: str, image_root: str, dataset_name: Optional[str] = None, *, on_bad: str = "error") -> List[dict]:
+def load_coco_json(
+    json_file: str, image_root: str, dataset_name: Optional[str] = None, *, on_bad: str = "error"
+) -> List[dict]:
     """Load and validate a COCO instances JSON into detgn records.
 
     Args:

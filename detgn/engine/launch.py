@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import datetime
+import inspect
 import logging
 import os
 import socket
@@ -104,15 +105,19 @@ def create_ddp_model(model: nn.Module, *, local_rank: int = 0) -> nn.Module:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return model
     on_cuda = next(model.parameters()).device.type == "cuda"
-    return nn.parallel.DistributedDataParallel(
-        model,
+    kwargs = dict(
         device_ids=[local_rank] if on_cuda else None,
         output_device=local_rank if on_cuda else None,
         # Every parameter takes part in each loss; searching for unused ones costs a graph walk.
         find_unused_parameters=False,
-        # Norm statistics are per process by design (GN has none; SyncBN syncs itself).
-        broadcast_buffers=False,
     )
+    # Norm statistics are per process by design (GN has none; SyncBN syncs itself): no
+    # buffer sync before each forward. Newer torch names this forward_sync_buffers.
+    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters:
+        kwargs["forward_sync_buffers"] = False
+    else:
+        kwargs["broadcast_buffers"] = False
+    return nn.parallel.DistributedDataParallel(model, **kwargs)
 
 
 def _free_port() -> int:

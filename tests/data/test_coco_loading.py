@@ -75,6 +75,7 @@ BAD_CASES = [
     (2, _set("image_id", 999), "missing_image", "image id 999 is not in 'images'"),
     (5, _set("segmentation", {"size": [10, 10], "counts": "abc"}), "bad_segmentation", "RLE size"),
     (2, _set("iscrowd", 3), "bad_field", "iscrowd"),
+    (2, _set("category_id", "3"), "bad_field", "category_id must be integer"),
 ]
 
 
@@ -185,11 +186,14 @@ def test_on_bad_value_checked(tiny_coco):
 
 def test_summarize_counts_each_annotation_once():
     problems = [
-        Problem("polygon_too_short", "m", 1, 10),
-        Problem("polygon_odd_length", "m", 1, 10),  # same annotation: counted under its first reason
-        Problem("degenerate_box", "m", 1, 11),
+        Problem("polygon_too_short", "m", 1, 10, index=0),
+        Problem("polygon_odd_length", "m", 1, 10, index=0),  # same annotation: counted under its first reason
+        Problem("degenerate_box", "m", 1, None, index=1),
+        Problem("missing_key", "m", 1, None, index=2),  # no id, but a different record
     ]
-    assert summarize_problems(problems) == "2 annotations: 1 polygon with < 3 points, 1 degenerate box"
+    assert summarize_problems(problems) == (
+        "3 annotations: 1 polygon with < 3 points, 1 degenerate box, 1 annotation with missing keys"
+    )
     assert summarize_problems([]) == "nothing"
 
 
@@ -204,3 +208,15 @@ def test_dataset_name_records_metadata(tiny_coco):
     assert meta.contiguous_id_to_dataset_id == {0: 3, 1: 7, 2: 12}
     assert meta.evaluator_type == "coco"
     MetadataCatalog.remove(name)
+
+
+def test_annotations_without_ids_are_counted_separately(tiny_coco, caplog):
+    data = tiny_coco.data
+    del _ann(data, 7)["id"]
+    del _ann(data, 8)["id"]  # same image (106)
+    path = tiny_coco.write(data)
+    with pytest.raises(CocoFormatError, match=r"annotations\[6\] \(no id\) \(image id 106\): missing key\(s\) \['id'\]"):
+        load_coco_json(path, tiny_coco.image_root)
+    with caplog.at_level(logging.WARNING, logger="detgn.data.coco"):
+        load_coco_json(path, tiny_coco.image_root, on_bad="skip")
+    assert any("skipped 2 annotations: 2 annotations with missing keys" in r.getMessage() for r in caplog.records)

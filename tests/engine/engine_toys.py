@@ -50,12 +50,12 @@ class ToyModel(nn.Module):
         return {"loss_cls": loss_cls, "loss_reg": loss_reg}
 
 
-def toy_loader_fn(seed: int = 0, ims_per_batch: int = 2, size: int = 12):
-    """``start_iter -> infinite iterator of batches``; batch k depends only on (seed, k)."""
+def toy_loader_fn(seed: int = 0, ims_per_batch: int = 2, size: int = 12, rank: int = 0):
+    """``start_iter -> infinite iterator of batches``; batch k depends only on (seed, k, rank)."""
 
     def make(start_iter: int):
         for it in itertools.count(start_iter):
-            rng = np.random.default_rng([seed, it])
+            rng = np.random.default_rng([seed, it, rank])
             batch = []
             for j in range(ims_per_batch):
                 batch.append(
@@ -98,20 +98,82 @@ def toy_cfg(output_dir, **overrides):
 def make_toy_trainer(output_dir, *, writers=(), eval_fn=None, seed=0, **overrides):
     """The real ``build_trainer`` on the toy model, toy stream and :func:`toy_cfg`."""
     from detgn.engine import build_trainer
+    from detgn.utils import comm
     from detgn.utils.seed import seed_all_rng
 
     cfg = toy_cfg(output_dir, **overrides)
-    seed_all_rng(seed)
+    seed_all_rng(seed + comm.get_rank())
     model = ToyModel()
     trainer = build_trainer(
         cfg,
         model,
-        data_loader_fn=toy_loader_fn(ims_per_batch=cfg.SOLVER.IMS_PER_GPU),
+        data_loader_fn=toy_loader_fn(ims_per_batch=cfg.SOLVER.IMS_PER_GPU, rank=comm.get_rank()),
         eval_fn=eval_fn,
         writers=list(writers),
     )
     trainer.toy_model = model
     return trainer
+
+
+class StopRun(Exception):
+    """Raised by :class:`StopAfter` to simulate an interruption."""
+
+
+def stop_after(n: int):
+    """A hook that raises :class:`StopRun` once ``n`` iterations completed (after their checkpoint)."""
+    from detgn.engine import HookBase
+
+    class StopAfter(HookBase):
+        def after_step(self):
+            if self.trainer.iter + 1 == n:
+                raise StopRun(f"stopped after {n} iterations")
+
+    return StopAfter()
+
+
+# 2 processes x 1 image = the toy reference batch of 2: the schedule is not rescaled.
+DDP_OVERRIDES = {"SOLVER.MAX_ITER": 8, "SOLVER.STEPS": (5,), "SOLVER.IMS_PER_GPU": 1}
+
+
+def ddp_worker(out_dir: str) -> None:
+    """Per process of a 2-process gloo run: full run vs interrupted + resumed run, weights to a file."""
+    import os
+
+    import torch.distributed as dist
+
+    from detgn.engine import init_distributed
+    from detgn.utils.logger import setup_logger
+
+    torch.set_num_threads(1)
+    info = init_distributed("cpu")
+    setup_logger(os.path.join(out_dir, "part"), rank=info.rank)
+    full = make_toy_trainer(os.path.join(out_dir, "full"), **DDP_OVERRIDES)
+    is_ddp = isinstance(full.model, torch.nn.parallel.DistributedDataParallel)
+    full.resume_or_load("", resume=True)
+    full.train()
+    part = make_toy_trainer(os.path.join(out_dir, "part"), seed=7, **DDP_OVERRIDES)
+    part.register_hooks([stop_after(5)])
+    part.resume_or_load("", resume=True)
+    try:
+        part.train()
+    except StopRun:
+        pass
+    resumed = make_toy_trainer(os.path.join(out_dir, "part"), seed=7, **DDP_OVERRIDES)
+    start = resumed.resume_or_load("", resume=True)
+    resumed.train()
+    torch.save(
+        {
+            "world_size": info.world_size,
+            "backend": info.backend,
+            "is_ddp": is_ddp,
+            "start": start,
+            "full": full.toy_model.state_dict(),
+            "resumed": resumed.toy_model.state_dict(),
+        },
+        os.path.join(out_dir, f"rank{info.rank}.pt"),
+    )
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 try:

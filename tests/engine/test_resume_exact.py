@@ -9,27 +9,11 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from engine_toys import make_toy_trainer, single_thread  # noqa: E402,F401
+from engine_toys import StopRun, make_toy_trainer, single_thread, stop_after  # noqa: E402,F401
 
-from detgn.engine import HookBase  # noqa: E402
 from detgn.utils.events import JSONWriter, read_metrics  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-class _Stop(Exception):
-    pass
-
-
-class StopAfter(HookBase):
-    """Simulates an interruption right after iteration ``n`` completed (its checkpoint is written)."""
-
-    def __init__(self, n):
-        self.n = n
-
-    def after_step(self):
-        if self.trainer.iter + 1 == self.n:
-            raise _Stop()
 
 
 def _weights(model):
@@ -61,9 +45,9 @@ def test_run_10_equals_run_6_then_resume(tmp_path):
 
     out = tmp_path / "interrupted"
     first = make_toy_trainer(out, writers=[JSONWriter(str(out / "metrics.json"))])
-    first.register_hooks([StopAfter(7)])  # dies after 7 iterations; last checkpoint holds 6
+    first.register_hooks([stop_after(7)])  # dies after 7 iterations; last checkpoint holds 6
     first.resume_or_load("", resume=True)
-    with pytest.raises(_Stop):
+    with pytest.raises(StopRun):
         first.train()
     assert (out / "last_checkpoint").read_text().strip() == "model_0000005.pth"
     assert max(r["iteration"] for r in read_metrics(str(out / "metrics.json"))) == 6

@@ -10,27 +10,14 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from engine_toys import make_toy_trainer, single_thread  # noqa: E402,F401
+from engine_toys import StopRun, make_toy_trainer, single_thread, stop_after  # noqa: E402,F401
 
 from detgn.checkpoint import CheckpointError  # noqa: E402
-from detgn.engine import HookBase, NonFiniteLossError  # noqa: E402
+from detgn.engine import NonFiniteLossError  # noqa: E402
 from detgn.utils.events import ConsoleWriter, EventStorage, JSONWriter, TensorboardWriter, read_metrics  # noqa: E402
 from detgn.utils.plot import curve_series  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-class _Stop(Exception):
-    pass
-
-
-class StopAfter(HookBase):
-    def __init__(self, n):
-        self.n = n
-
-    def after_step(self):
-        if self.trainer.iter + 1 == self.n:
-            raise _Stop()
 
 
 def test_nan_loss_stops_with_iteration_terms_images_and_hint(tmp_path):
@@ -112,9 +99,9 @@ def test_tensorboard_and_curves_png(tmp_path):
 
 def _interrupted_run(out, **overrides):
     t = make_toy_trainer(out, **overrides)
-    t.register_hooks([StopAfter(7)])
+    t.register_hooks([stop_after(7)])
     t.resume_or_load("", resume=True)
-    with pytest.raises(_Stop):
+    with pytest.raises(StopRun):
         t.train()
 
 

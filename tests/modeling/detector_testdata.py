@@ -33,12 +33,13 @@ def tiny_cfg(arch: str = "FPN", norm: str = "FrozenBN", box_head: str = "2fc", *
     cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 64
     cfg.MODEL.ROI_MASK_HEAD.NORM = head_norm
     if small:
-        cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = 32
-        cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 32
-        cfg.MODEL.FPN.OUT_CHANNELS = 64
-        cfg.MODEL.ROI_BOX_HEAD.CONV_DIM = 64
-        cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 128
-        cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = 64
+        # A quarter of the usual widths (GN with 8 groups still divides every layer).
+        cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = 16
+        cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 16
+        cfg.MODEL.FPN.OUT_CHANNELS = 32
+        cfg.MODEL.ROI_BOX_HEAD.CONV_DIM = 32
+        cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 64
+        cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = 32
     if arch == "FPN":
         cfg.MODEL.FPN.NORM = head_norm
         cfg.MODEL.ROI_BOX_HEAD.NORM = head_norm
