@@ -15,6 +15,10 @@ are lossless so pixel values are exact. Contents:
 - every object is painted in the image with a colour whose B, G, R values differ
   (``OBJECT_BGR``) on a background of ``BACKGROUND_BGR``.
 
+These constants are also attributes of the returned object (``tiny_coco.KNOWN_BOX``);
+use those rather than ``from conftest import``, which is ambiguous when several
+``conftest.py`` files exist.
+
 The fixture returns a :class:`TinyCoco` with ``json_file``, ``image_root``, ``data`` (a
 fresh deep copy of the JSON dict to edit) and ``write(data, name)`` that saves an edited
 copy next to the original and returns its path.
@@ -44,6 +48,13 @@ class TinyCoco:
     json_file: str
     image_root: str
     _data: dict
+    # The module constants again, so tests need not import conftest (a module name
+    # that several conftest.py files share).
+    KNOWN_ANN_ID = KNOWN_ANN_ID
+    KNOWN_IMAGE_ID = KNOWN_IMAGE_ID
+    KNOWN_BOX = tuple(KNOWN_BOX)
+    OBJECT_BGR = OBJECT_BGR
+    BACKGROUND_BGR = BACKGROUND_BGR
 
     @property
     def data(self) -> dict:

@@ -70,11 +70,9 @@ def _summary(res: Dict) -> str:
 def main(args):
     cfg = setup(args)
     from detgn.checkpoint import Checkpointer, load_weights
-    from detgn.modeling import build_model, describe_model
+    from detgn.modeling import build_model
 
-    model = build_model(cfg)
-    if comm.is_main_process() and cfg.VERBOSE_STARTUP:
-        logger.info("Model:\n%s", describe_model(model))
+    model = build_model(cfg)  # logs describe_model(model) (norms, freezing) with VERBOSE_STARTUP
     if args.eval_only:
         if args.resume:
             path = Checkpointer(model, cfg.OUTPUT_DIR, save_to_disk=False).latest_good_checkpoint()

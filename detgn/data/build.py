@@ -188,7 +188,10 @@ class TrainLoader:
     ``num_bad_images`` and ``bad_files`` record the images skipped so far.
     """
 
-    def __init__(self, dataset: _TrainDataset, batch_sampler: TrainBatchSampler, *, num_workers: int, max_bad_images: int, seed: int):
+    def __init__(
+        self, dataset: _TrainDataset, batch_sampler: TrainBatchSampler, *, num_workers: int, max_bad_images: int,
+        seed: int,
+    ):
         self.dataset, self.batch_sampler = dataset, batch_sampler
         self.num_workers, self.max_bad_images, self.seed = num_workers, max_bad_images, seed
         self.num_bad_images = 0
@@ -299,7 +302,12 @@ def build_detection_train_loader(cfg, *, mapper: Optional[Callable] = None, star
 
 
 def make_test_loader(
-    dataset_dicts: List[dict], *, mapper: Callable, num_workers: int = 0, rank: Optional[int] = None, world_size: Optional[int] = None
+    dataset_dicts: List[dict],
+    *,
+    mapper: Callable,
+    num_workers: int = 0,
+    rank: Optional[int] = None,
+    world_size: Optional[int] = None,
 ) -> DataLoader:
     """Batches of one mapped image, this rank's contiguous shard, in dataset order."""
     rank = comm.get_rank() if rank is None else rank

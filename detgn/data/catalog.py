@@ -76,7 +76,9 @@ class _DatasetCatalog:
             raise KeyError(_unknown_name_message("Dataset", name, list(self._fns)))
         records = self._fns[name](**kwargs)
         if not isinstance(records, list):
-            raise TypeError(f"Dataset '{name}': the registered function returned {type(records).__name__}, not a list of dicts")
+            raise TypeError(
+                f"Dataset '{name}': the registered function returned {type(records).__name__}, not a list of dicts"
+            )
         return records
 
     def accepts(self, name: str, kwarg: str) -> bool:

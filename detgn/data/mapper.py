@@ -60,10 +60,13 @@ def read_image(file_name: str, *, image_format: str = "BGR", image_id: Any = Non
         buf = np.fromfile(file_name, dtype=np.uint8)
     except FileNotFoundError:
         raise ImageReadError(
-            f"{file_name} ({who}): file not found; check the dataset's image folder", file_name=file_name, image_id=image_id
+            f"{file_name} ({who}): file not found; check the dataset's image folder",
+            file_name=file_name, image_id=image_id,
         ) from None
     except OSError as e:
-        raise ImageReadError(f"{file_name} ({who}): cannot read file: {e}", file_name=file_name, image_id=image_id) from None
+        raise ImageReadError(
+            f"{file_name} ({who}): cannot read file: {e}", file_name=file_name, image_id=image_id
+        ) from None
     # IGNORE_ORIENTATION: annotations (and the JSON's height/width) refer to the stored
     # pixels; applying EXIF rotation would misplace every box of a rotated photo.
     image = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if buf.size else None
@@ -164,8 +167,9 @@ class DatasetMapper:
         image = read_image(file_name, image_format=self.image_format, image_id=image_id)
         if image.shape[:2] != (height, width):
             raise ImageSizeMismatchError(
-                f"{file_name} (image id {image_id}): decoded image is {image.shape[1]}x{image.shape[0]} (width x height) "
-                f"but its record says {width}x{height}; fix the JSON's width/height or replace the file",
+                f"{file_name} (image id {image_id}): decoded image is {image.shape[1]}x{image.shape[0]} "
+                f"(width x height) but its record says {width}x{height}; fix the JSON's width/height or "
+                "replace the file",
                 file_name=file_name,
                 image_id=image_id,
             )
@@ -190,7 +194,8 @@ class DatasetMapper:
         xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         boxes = Boxes(torch.from_numpy(tf.apply_boxes(xyxy)).float())
         boxes.clip(size)
-        inst = Instances(size, gt_boxes=boxes, gt_classes=torch.tensor([a["category_id"] for a in anns], dtype=torch.int64))
+        classes = torch.tensor([a["category_id"] for a in anns], dtype=torch.int64)
+        inst = Instances(size, gt_boxes=boxes, gt_classes=classes)
         if self.mask_on and anns:
             with_segm = [("segmentation" in a) for a in anns]
             if all(with_segm):
@@ -201,7 +206,8 @@ class DatasetMapper:
                     "and some do not; give every annotation one, or set MODEL.MASK_ON False"
                 )
         elif self.mask_on:
-            inst.gt_masks = PolygonMasks([]) if self.mask_format == "polygon" else BitMasks(torch.zeros(0, *size, dtype=torch.bool))
+            empty = BitMasks(torch.zeros(0, *size, dtype=torch.bool))
+            inst.gt_masks = PolygonMasks([]) if self.mask_format == "polygon" else empty
         # Resizing can shrink a thin box to nothing; such a box gives no training signal.
         return inst[boxes.nonempty()]
 

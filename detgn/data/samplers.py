@@ -60,7 +60,9 @@ class TrainingSampler:
             epoch touched from there on, not O(start).
     """
 
-    def __init__(self, size: int, *, shuffle: bool = True, seed: int, rank: int = 0, world_size: int = 1, start: int = 0):
+    def __init__(
+        self, size: int, *, shuffle: bool = True, seed: int, rank: int = 0, world_size: int = 1, start: int = 0
+    ):
         if size <= 0:
             raise ValueError(f"TrainingSampler needs a non-empty dataset, got size {size}")
         if not 0 <= rank < world_size:

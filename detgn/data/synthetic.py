@@ -428,7 +428,7 @@ def coco_statistics(coco: dict) -> dict:
         "crowd_regions": sum(1 for a in anns if a["iscrowd"]),
         "objects_per_image_mean": float(counts.mean()),
         "objects_per_image_max": int(counts.max()),
-        "empty_image_fraction": float(np.mean([per_image[i] == 0 and i not in crowd_images for i in per_image])) if per_image else 0.0,
+        "empty_image_fraction": sum(1 for i, c in per_image.items() if c == 0 and i not in crowd_images) / n_img,
         "crowd_image_fraction": len(crowd_images) / n_img,
         "small_fraction": float((areas < 32 ** 2).sum() / n_obj),
         "medium_fraction": float(((areas >= 32 ** 2) & (areas <= 96 ** 2)).sum() / n_obj),

@@ -5,7 +5,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import BACKGROUND_BGR, OBJECT_BGR
 
 from detgn.config import get_cfg
 from detgn.data import DatasetMapper, ImageReadError, load_coco_json
@@ -14,8 +13,13 @@ from detgn.data.transforms import resized_shape
 from detgn.structures import BitMasks, Boxes, PolygonMasks
 
 
+OBJECT_BGR = (30, 140, 230)  # the colours tests/conftest.py paints (checked below)
+BACKGROUND_BGR = (90, 60, 20)
+
+
 @pytest.fixture
 def records(tiny_coco):
+    assert (tiny_coco.OBJECT_BGR, tiny_coco.BACKGROUND_BGR) == (OBJECT_BGR, BACKGROUND_BGR)
     return {r["image_id"]: r for r in load_coco_json(tiny_coco.json_file, tiny_coco.image_root)}
 
 

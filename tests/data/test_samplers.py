@@ -107,5 +107,7 @@ def test_aspect_ratio_grouping_homogeneous_and_resumable():
     assert {groups[b[0][0]] for b in full} == {0, 1}
     assert max(positions) - len(positions) * 2 < 2 * 2 * 2
     for k in (1, 5, 17):
-        resumed = TrainBatchSampler(len(groups), batch_size=2, seed=4, group_ids=groups, rank=0, world_size=2, start_batch=k)
+        resumed = TrainBatchSampler(
+            len(groups), batch_size=2, seed=4, group_ids=groups, rank=0, world_size=2, start_batch=k
+        )
         assert _take(resumed, 40 - k) == full[k:]

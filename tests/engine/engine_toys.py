@@ -151,7 +151,7 @@ def ddp_worker(out_dir: str) -> None:
     is_ddp = isinstance(full.model, torch.nn.parallel.DistributedDataParallel)
     full.resume_or_load("", resume=True)
     full.train()
-    part = make_toy_trainer(os.path.join(out_dir, "part"), seed=7, **DDP_OVERRIDES)
+    part = make_toy_trainer(os.path.join(out_dir, "part"), **DDP_OVERRIDES)
     part.register_hooks([stop_after(5)])
     part.resume_or_load("", resume=True)
     try:

@@ -29,7 +29,7 @@ def tiny_cfg(arch: str = "FPN", norm: str = "FrozenBN", box_head: str = "2fc", *
     cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 64
     cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 300
     cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = 200
-    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 64
+    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 16
     cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 64
     cfg.MODEL.ROI_MASK_HEAD.NORM = head_norm
     if small:
@@ -52,6 +52,7 @@ def tiny_cfg(arch: str = "FPN", norm: str = "FrozenBN", box_head: str = "2fc", *
         cfg.MODEL.ROI_HEADS.NAME = "Res5ROIHeads"
         cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[32, 64, 128, 256, 512]]
         cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 14
+        cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 16  # res5 on every RoI is the slow part
     else:
         raise ValueError(arch)
     return cfg
