@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detgn.config import ConfigError, load_config  # noqa: E402
 from detgn.engine import (  # noqa: E402
+    EvalHook,
     build_trainer,
     default_argument_parser,
     default_setup,
@@ -95,7 +96,7 @@ def main(args):
     )
     trainer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
     trainer.train()
-    eval_hooks = [h for h in trainer.hooks if hasattr(h, "last_results")]
+    eval_hooks = [h for h in trainer.hooks if isinstance(h, EvalHook)]
     return eval_hooks[0].last_results if eval_hooks else {}
 
 

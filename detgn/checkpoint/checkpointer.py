@@ -60,6 +60,7 @@ FORMAT_VERSION = 1
 POINTER_FILE = "last_checkpoint"
 FINAL_NAME = "model_final.pth"
 _PERIODIC = re.compile(r"^model_(\d{7})\.pth$")
+_BOOKKEEPING = ("checkpoint_period:", "eval_period:")
 _TEMP = re.compile(r"^\.(model_\d{7}|model_final|last_checkpoint)(\.pth)?\..*\.tmp$")
 
 
@@ -269,8 +270,15 @@ class Checkpointer:
         self.on_schedule_change = on_schedule_change
         self.save_to_disk = comm.is_main_process() if save_to_disk is None else save_to_disk
         self.extra = dict(extra or {})
+        self._stateful: Dict[str, Any] = {}
         if self.save_to_disk:
             os.makedirs(save_dir, exist_ok=True)
+
+    def add_checkpointable(self, name: str, obj) -> None:
+        """Also save and restore ``obj.state_dict()`` under ``name`` (e.g. the AMP GradScaler)."""
+        if name in ("model", "optimizer", "scheduler", "iteration", "rng_states", "schedule"):
+            raise ValueError(f"{name!r} is a reserved checkpoint key")
+        self._stateful[name] = obj
 
     # -- saving -------------------------------------------------------------
     def save(self, name: str, *, iteration: int) -> Optional[str]:
@@ -298,6 +306,8 @@ class Checkpointer:
             data["scheduler"] = self.scheduler.state_dict()
         if self.schedule is not None:
             data["schedule"] = self.schedule.as_dict()
+        for name, obj in self._stateful.items():
+            data[name] = obj.state_dict()
         data.update(self.extra)
         path = os.path.join(self.save_dir, name if name.endswith(".pth") else name + ".pth")
         atomic_write(path, lambda f: torch.save(data, f))
@@ -402,6 +412,11 @@ class Checkpointer:
         iteration = int(ckpt["iteration"])
         start_iter, apply_schedule = self._check_schedule(path, ckpt, iteration)
         self._restore_optimizer(path, ckpt, start_iter, apply_schedule)
+        for name, obj in self._stateful.items():
+            if name in ckpt:
+                obj.load_state_dict(ckpt[name])
+            else:
+                logger.warning("%s has no %r state; %s starts fresh", path, name, name)
         rng = self._rng_for_this_rank(ckpt)
         logger.info("Resuming from %s: %d iterations done, continuing at iteration %d", path, iteration, start_iter)
         return ResumeState(start_iter=start_iter, path=path, rng_state=rng)
@@ -415,7 +430,8 @@ class Checkpointer:
         if not changes:
             return iteration, False
         listing = "\n  ".join(changes)
-        if self.on_schedule_change == "refuse":
+        # Checkpoint and eval periods do not change the weights: never a reason to refuse.
+        if self.on_schedule_change == "refuse" and any(not c.startswith(_BOOKKEEPING) for c in changes):
             raise CheckpointError(
                 f"The schedule changed since {path} was saved:\n  {listing}\n"
                 "SOLVER.ON_SCHEDULE_CHANGE is 'refuse'. Resume with the original settings "
@@ -520,8 +536,11 @@ def _abbrev(keys: List[str], n: int = 30) -> str:
     return shown + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
 
 
-def _load_pth(path: str, *, allow_pickle: bool) -> Dict[str, torch.Tensor]:
-    """A detgn checkpoint (state under ``"model"``) or a bare state dict saved with torch.save."""
+def _load_pth(path: str, *, model: nn.Module, allow_pickle: bool) -> Dict[str, torch.Tensor]:
+    """A detgn checkpoint (state under ``"model"``) or a bare state dict saved with torch.save.
+
+    Keys are already detgn names, so ``model`` is not needed to place them.
+    """
     obj = load_checkpoint_file(path, allow_pickle=allow_pickle)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
@@ -535,14 +554,15 @@ def _load_pth(path: str, *, allow_pickle: bool) -> Dict[str, torch.Tensor]:
     return state
 
 
-# Format (file suffix) -> loader(path, *, allow_pickle) returning a state dict in this
-# model's parameter names. Converters for Detectron ``.pkl`` and torchvision weights
-# register themselves here with :func:`register_weight_format`.
+# Format (file suffix) -> loader(path, *, model, allow_pickle) returning a state dict in
+# ``model``'s parameter names (the model lets a converter place renamed keys, e.g. by
+# suffix). Converters for Detectron ``.pkl`` and torchvision weights are added here
+# with :func:`register_weight_format`.
 WEIGHT_FORMATS: Dict[str, Callable[..., Dict[str, torch.Tensor]]] = {".pth": _load_pth, ".pt": _load_pth}
 
 
 def register_weight_format(suffix: str, loader: Callable[..., Dict[str, torch.Tensor]]) -> None:
-    """Make :func:`load_weights` read files ending in ``suffix`` with ``loader(path, *, allow_pickle)``."""
+    """Make :func:`load_weights` read files ending in ``suffix`` with ``loader(path, *, model, allow_pickle)``."""
     WEIGHT_FORMATS[suffix.lower()] = loader
 
 
@@ -591,7 +611,7 @@ def load_weights(model: nn.Module, path_or_name: str, *, allow_pickle: bool = Fa
             f"No loader for {suffix!r} files ({path}); known formats: {sorted(WEIGHT_FORMATS)}. "
             "Convert the file to a .pth state dict, or register a loader with register_weight_format."
         )
-    state = loader(path, allow_pickle=allow_pickle)
+    state = loader(path, model=model, allow_pickle=allow_pickle)
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     own = model.state_dict()

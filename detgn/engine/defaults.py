@@ -216,5 +216,8 @@ def build_trainer(
         nan_hint=nan_hint(cfg, schedule, world_size),
     )
     trainer.schedule = schedule
+    if trainer.scaler is not None:
+        # The loss scale is training state: resuming with a fresh one would differ.
+        checkpointer.add_checkpointable("grad_scaler", trainer.scaler)
     trainer.register_hooks(build_hooks(cfg, checkpointer=checkpointer, schedule=schedule, eval_fn=eval_fn, writers=writers))
     return trainer

@@ -108,6 +108,7 @@ class Trainer:
         self.finished = False
         self._rng_state = None
         self.storage = EventStorage(0)
+        self.schedule = None  # the resolved Schedule, set by build_trainer (for hooks and tools)
 
     def register_hooks(self, hooks: Sequence[Optional[HookBase]]) -> None:
         """Add hooks (None entries are skipped); they run in the order given."""
@@ -171,7 +172,13 @@ class Trainer:
     def run_step(self) -> None:
         """One iteration: next batch, forward, sum of the loss dict, backward, optimizer step."""
         start = time.perf_counter()
-        batch = next(self._data_iter)
+        try:
+            batch = next(self._data_iter)
+        except StopIteration:
+            raise RuntimeError(
+                f"The training data loader ran out at iteration {self.iter}; it must yield batches "
+                "forever (an infinite sampler), the trainer stops at max_iter"
+            ) from None
         data_time = time.perf_counter() - start
         with self._autocast():
             loss_dict = self.model(batch)

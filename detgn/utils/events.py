@@ -18,6 +18,7 @@ import abc
 import datetime
 import json
 import logging
+import math
 import os
 import statistics
 from collections import defaultdict
@@ -26,6 +27,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 __all__ = ["EventStorage", "EventWriter", "ConsoleWriter", "JSONWriter", "TensorboardWriter", "read_metrics"]
+
+
+_CONSOLE_EVAL_KEYS = ("AP", "AP50", "AP75")
 
 
 class EventStorage:
@@ -151,7 +155,8 @@ class ConsoleWriter(EventWriter):
             parts.append(f"data_time: {metrics['data_time']:.4f}")
         if self.show_memory:
             parts.append(f"max_mem: {torch.cuda.max_memory_allocated() / 2**20:.0f}M")
-        evals = sorted(k for k in metrics if "/" in k and not storage.is_smoothed(k))
+        # Summary metrics only (bbox/AP, segm/AP50, ...); per-category APs go to metrics.json.
+        evals = sorted(k for k in metrics if not storage.is_smoothed(k) and k.split("/")[-1] in _CONSOLE_EVAL_KEYS)
         if evals:
             parts.append("eval: " + ", ".join(f"{k}={metrics[k]:.2f}" for k in evals))
         self.logger.info("  ".join(parts))
@@ -188,13 +193,13 @@ class JSONWriter(EventWriter):
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             for r in kept:
-                f.write(json.dumps(r, sort_keys=True) + "\n")
+                f.write(_dumps(r))
         os.replace(tmp, self.path)
 
     def _write(self, iteration, metrics, storage, max_iter):
         if self._file is None:
             self._file = open(self.path, "a")
-        self._file.write(json.dumps({"iteration": iteration, **metrics}, sort_keys=True) + "\n")
+        self._file.write(_dumps({"iteration": iteration, **metrics}))
         self._file.flush()
         try:
             os.fsync(self._file.fileno())
@@ -224,6 +229,12 @@ class TensorboardWriter(EventWriter):
 
     def close(self):
         self._writer.close()
+
+
+def _dumps(record: dict) -> str:
+    """One JSON line; NaN (the AP of a class absent from the val set) becomes null, as JSON has no NaN."""
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
+    return json.dumps(clean, sort_keys=True) + "\n"
 
 
 def read_metrics(path: str) -> List[dict]:

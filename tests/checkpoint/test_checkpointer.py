@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 from engine_toys import ToyModel  # noqa: E402
@@ -202,3 +201,54 @@ def test_load_weights_resolves_zoo_names_lazily(tmp_path, monkeypatch):
     report = load_weights(dst, "detgn://Toy/model_final")
     assert calls == ["detgn://Toy/model_final"]
     assert not report.missing and torch.equal(dst.fc.weight, src.fc.weight)
+
+
+class _Scale:
+    """Stands in for the AMP GradScaler: any object with state_dict/load_state_dict."""
+
+    def __init__(self, scale):
+        self.scale = scale
+
+    def state_dict(self):
+        return {"scale": self.scale}
+
+    def load_state_dict(self, d):
+        self.scale = d["scale"]
+
+
+def test_extra_checkpointables_are_saved_and_restored(tmp_path):
+    model, opt, sched, ck = _setup(tmp_path)
+    ck.add_checkpointable("grad_scaler", _Scale(1024.0))
+    ck.save("model_0000001", iteration=2)
+    _, _, _, ck2 = _setup(tmp_path)
+    restored = _Scale(65536.0)
+    ck2.add_checkpointable("grad_scaler", restored)
+    ck2.resume_or_load("", resume=True)
+    assert restored.scale == 1024.0
+    with pytest.raises(ValueError, match="reserved"):
+        ck2.add_checkpointable("optimizer", _Scale(1.0))
+
+
+def test_registered_weight_format_gets_the_model(tmp_path, monkeypatch):
+    """The extension point: a converter for another format receives the model to place keys."""
+    import numpy as np
+
+    from detgn.checkpoint import WEIGHT_FORMATS, register_weight_format
+
+    src = ToyModel()
+    np.savez(tmp_path / "w.npz", **{"fc_weight": src.fc.weight.detach().numpy()})
+    seen = {}
+
+    def npz_loader(path, *, model, allow_pickle):
+        seen["keys"] = set(model.state_dict())
+        seen["allow_pickle"] = allow_pickle
+        blobs = np.load(path)
+        return {"fc.weight": torch.from_numpy(blobs["fc_weight"])}
+
+    monkeypatch.setitem(WEIGHT_FORMATS, ".npz", None)  # restored after the test
+    register_weight_format(".NPZ", npz_loader)
+    dst = ToyModel()
+    report = load_weights(dst, str(tmp_path / "w.npz"))
+    assert "fc.weight" in seen["keys"] and seen["allow_pickle"] is False
+    assert report.loaded == ["fc.weight"] and "conv1.weight" in report.missing
+    assert torch.equal(dst.fc.weight, src.fc.weight)

@@ -137,6 +137,10 @@ def test_schedule_change_refused(tmp_path):
         t.resume_or_load("", resume=True)
     msg = str(e.value)
     assert "base_lr: 0.05 -> 0.1" in msg and "SOLVER.ON_SCHEDULE_CHANGE apply" in msg
+    # Changing only how often to save or evaluate is not a training change: accepted.
+    t2 = make_toy_trainer(tmp_path, **{"SOLVER.CHECKPOINT_PERIOD": 3, "TEST.EVAL_PERIOD": 5,
+                                       "SOLVER.ON_SCHEDULE_CHANGE": "refuse"})
+    assert t2.resume_or_load("", resume=True) == 6
 
 
 def test_resume_of_a_finished_run_only_evaluates(tmp_path):
@@ -169,3 +173,11 @@ def test_bf16_and_channels_last_on_cpu(tmp_path):
     t.resume_or_load("", resume=False)
     t.train()
     assert all(torch.isfinite(p).all() for p in t.toy_model.parameters())
+
+
+def test_finite_data_loader_is_a_clear_error(tmp_path):
+    t = make_toy_trainer(tmp_path, writers=[])
+    t.data_loader_fn = lambda start: iter([])
+    t.resume_or_load("", resume=False)
+    with pytest.raises(RuntimeError, match="ran out at iteration 0"):
+        t.train()

@@ -133,3 +133,20 @@ def test_no_trainable_parameters_is_a_clear_error():
     model = nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameter"):
         build_optimizer(cfg, model, resolve_schedule(cfg, world_size=16))
+
+
+@pytest.mark.parametrize("norm", ["GN", "LN", "IN", "BN", "SyncBN", "FrozenBN"])
+def test_detgn_conv_with_each_norm(norm):
+    """detgn's own Conv2d + get_norm: the norm's gamma/beta (if trainable) go to the norm group."""
+    from detgn.layers import Conv2d, get_norm
+
+    conv = Conv2d(3, 64, 3, norm=get_norm(norm, 64))
+    groups = _groups(nn.Sequential(conv))
+    names = {k: set(g["param_names"]) for k, g in groups.items()}
+    assert names["weights"] == {"0.weight"}
+    assert "biases" not in names  # a conv followed by a norm has no bias
+    if norm == "FrozenBN":
+        assert "norm" not in names  # buffers only: nothing to train or decay
+    else:
+        assert names["norm"] == {"0.norm.weight", "0.norm.bias"}
+        assert groups["norm"]["weight_decay"] == 0.0
