@@ -12,6 +12,7 @@ evaluation results under ``inference/<dataset>/``.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -19,6 +20,8 @@ from typing import Dict
 
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
 
 from detgn.config import ConfigError, load_config  # noqa: E402
 from detgn.engine import (  # noqa: E402
@@ -68,6 +71,18 @@ def _summary(res: Dict) -> str:
     return "; ".join(parts) or str(res)
 
 
+def weights_digest(model_or_state) -> str:
+    """SHA-256 of a model's state dict (names, dtypes, shapes, values), for "are these weights
+    identical?" checks across ranks or runs without comparing files."""
+    state = model_or_state.state_dict() if hasattr(model_or_state, "state_dict") else model_or_state
+    h = hashlib.sha256()
+    for k in sorted(state):
+        v = state[k].detach().cpu().contiguous()
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()
+
+
 def main(args):
     cfg = setup(args)
     from detgn.checkpoint import Checkpointer, load_weights
@@ -96,6 +111,8 @@ def main(args):
     )
     trainer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
     trainer.train()
+    # Every rank logs it (log.txt.rankN): DDP must leave all ranks with the same weights.
+    logger.info("Final weights digest (rank %d): %s", comm.get_rank(), weights_digest(model))
     eval_hooks = [h for h in trainer.hooks if isinstance(h, EvalHook)]
     return eval_hooks[0].last_results if eval_hooks else {}
 

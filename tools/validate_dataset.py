@@ -96,10 +96,10 @@ def validate(json_file: str, image_root: str, *, check_files: bool = True, quick
             print(f"  {heading} ({len(messages)}):", file=out)
             for m in messages:
                 print(f"    {m}", file=out)
-    empty = [img["id"] for img in scan.images if not scan.annotations[img["id"]]]
+    empty = [img["id"] for img in scan.images if all(a["iscrowd"] for a in scan.annotations[img["id"]])]
     if empty:
         shown = ", ".join(str(i) for i in empty[:50]) + (" ..." if len(empty) > 50 else "")
-        print(f"INFO: {len(empty)} image(s) without usable annotations (kept at test time, "
+        print(f"INFO: {len(empty)} image(s) without a non-crowd annotation (kept at test time, "
               f"filtered in training by DATALOADER.FILTER_EMPTY_ANNOTATIONS): image ids {shown}", file=out)
     if n_problems:
         counts = ", ".join(f"{len(v)} {k}" for k, v in groups.items())

@@ -25,6 +25,10 @@ _C.MODEL.DEVICE = "cpu"
 # Weights to start from: a path, a URL or a model-zoo name
 # ("detgn://ImageNetPretrained/R-50-GN"). "" trains from scratch.
 _C.MODEL.WEIGHTS = ""
+# Let MODEL.WEIGHTS be unpickled (Detectron .pkl, .pth files holding Python objects)
+# when it is not a model-zoo file with a verified sha256. Unpickling can run
+# arbitrary code: set True only for files you trust.
+_C.MODEL.WEIGHTS_ALLOW_PICKLE = False
 # Per-channel mean and std of the input, in the order of INPUT.FORMAT. Detectron's
 # BGR means and a std of 1 (no division), matching Caffe2 pre-trained models.
 _C.MODEL.PIXEL_MEAN = [102.9801, 115.9465, 122.7717]

@@ -16,7 +16,6 @@ exact resume equality holds for runs without bad images.
 """
 from __future__ import annotations
 
-import copyreg
 import inspect
 import logging
 import os
@@ -25,7 +24,6 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Union
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from detgn.structures import Instances
 from detgn.utils import comm
 
 from .catalog import DatasetCatalog, MetadataCatalog
@@ -61,21 +59,6 @@ class BadImage:
 
     def __repr__(self) -> str:
         return f"BadImage({self.file_name!r}, image_id={self.image_id!r})"
-
-
-def _rebuild_instances(image_size, fields) -> Instances:
-    return Instances(image_size, **fields)
-
-
-def _reduce_instances(inst: Instances):
-    return _rebuild_instances, (inst.image_size, dict(inst.get_fields()))
-
-
-# Batches cross from worker processes by pickle. Instances.__getattr__ recurses when
-# unpickling looks up __setstate__ on a half-built object (its _fields is not set
-# yet), so Instances travel as (image_size, fields) instead. Harmless once
-# Instances pickles by itself.
-copyreg.pickle(Instances, _reduce_instances)
 
 
 def trivial_batch_collator(batch: List[Any]) -> List[Any]:
@@ -168,14 +151,6 @@ class _TestDataset(Dataset):
         return self.mapper(self.records[index])
 
 
-def _worker_init(worker_id: int) -> None:
-    # Parallelism comes from the workers; OpenCV's own thread pool in each of them
-    # would oversubscribe the cores the training process needs.
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
 def _seeded_generator(seed: int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(seed)
@@ -202,13 +177,14 @@ class TrainLoader:
         return self.batch_sampler.batch_size
 
     def _data_loader(self) -> DataLoader:
+        # No worker_init_fn calling cv2.setNumThreads: in a forked worker it can deadlock
+        # on the parent's OpenCV thread-pool state (observed); plain cv2 calls are safe.
         return DataLoader(
             self.dataset,
             batch_sampler=self.batch_sampler,
             num_workers=self.num_workers,
             collate_fn=trivial_batch_collator,
             generator=_seeded_generator(self.seed),
-            worker_init_fn=_worker_init,
         )
 
     def _count_bad(self, bad: BadImage) -> None:
@@ -318,7 +294,6 @@ def make_test_loader(
         sampler=InferenceSampler(len(dataset_dicts), rank=rank, world_size=world_size),
         num_workers=num_workers,
         collate_fn=trivial_batch_collator,
-        worker_init_fn=_worker_init,
         # Its own generator: a DataLoader without one draws its worker seed from the global RNG.
         generator=_seeded_generator(0),
     )

@@ -36,7 +36,10 @@ class Instances:
             self.set(name, value)
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or name not in self._fields:
+        if name.startswith("_"):
+            # Private names (and pickle's probes on a half-built object) are plain misses.
+            raise AttributeError(name)
+        if name not in self._fields:
             raise AttributeError(f"Instances has no field '{name}'; fields: {list(self._fields)}")
         return self._fields[name]
 

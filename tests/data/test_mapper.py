@@ -173,3 +173,15 @@ def test_from_config_and_argument_checks():
         _mapper(image_format="YUV")
     with pytest.raises(ValueError, match="INPUT.MASK_FORMAT"):
         _mapper(mask_format="rle")
+
+
+def test_box_only_annotations_and_mask_off(records):
+    rec = dict(records[106], annotations=[{k: v for k, v in a.items() if k != "segmentation"}
+                                          for a in records[106]["annotations"]])
+    inst = _mapper()(rec, rng=np.random.default_rng(0))["instances"]
+    assert len(inst) == 2 and not inst.has("gt_masks")
+    inst = _mapper(mask_on=False)(records[106], rng=np.random.default_rng(0))["instances"]
+    assert len(inst) == 2 and not inst.has("gt_masks")
+    rec["annotations"][0]["segmentation"] = records[106]["annotations"][0]["segmentation"]
+    with pytest.raises(ValueError, match="image id 106.*some annotations have a segmentation"):
+        _mapper()(rec, rng=np.random.default_rng(0))

@@ -37,7 +37,7 @@ def test_clean_dataset_exits_zero(tool, tiny_coco):
     code, text = _run(tool, tiny_coco.json_file, tiny_coco.image_root)
     assert code == 0, text
     assert "SUMMARY: clean: 6 images, 8 annotations" in text
-    assert "INFO: 1 image(s) without usable annotations" in text and "104" in text
+    assert "INFO: 1 image(s) without a non-crowd annotation" in text and "104" in text
     assert "PROBLEMS" not in text
 
 
