@@ -94,9 +94,9 @@ def main(args):
             path = Checkpointer(model, cfg.OUTPUT_DIR, save_to_disk=False).latest_good_checkpoint()
             if path is None:
                 raise SystemExit(f"--eval-only --resume: no good checkpoint in {cfg.OUTPUT_DIR}")
-            load_weights(model, path)
+            load_weights(model, path, allow_pickle=cfg.MODEL.WEIGHTS_ALLOW_PICKLE)
         elif cfg.MODEL.WEIGHTS:
-            load_weights(model, cfg.MODEL.WEIGHTS)
+            load_weights(model, cfg.MODEL.WEIGHTS, allow_pickle=cfg.MODEL.WEIGHTS_ALLOW_PICKLE)
         else:
             logger.warning("--eval-only without MODEL.WEIGHTS: evaluating a randomly initialised model")
         return do_test(cfg, model)
@@ -109,7 +109,7 @@ def main(args):
         data_loader_fn=lambda start_iter: build_detection_train_loader(cfg, start_iter=start_iter),
         eval_fn=(lambda: do_test(cfg, model)) if cfg.DATASETS.TEST else None,
     )
-    trainer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+    trainer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume, allow_pickle=cfg.MODEL.WEIGHTS_ALLOW_PICKLE)
     trainer.train()
     # Every rank logs it (log.txt.rankN): DDP must leave all ranks with the same weights.
     logger.info("Final weights digest (rank %d): %s", comm.get_rank(), weights_digest(model))

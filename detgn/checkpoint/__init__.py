@@ -1,19 +1,23 @@
 """Checkpoints (atomic save, keep-last-K, exact resume) and loading pre-trained weights."""
 from .checkpointer import (
     FORMAT_VERSION,
-    WEIGHT_FORMATS,
     Checkpointer,
     CheckpointError,
     ResumeState,
-    WeightsReport,
     atomic_write,
     find_good_checkpoint,
     list_checkpoints,
     load_checkpoint_file,
-    load_weights,
-    register_weight_format,
     unwrap_model,
     verify_checkpoint,
+)
+from .weights import (
+    WEIGHT_FORMATS,
+    ConvertedWeights,
+    WeightsReport,
+    is_trusted_zoo_file,
+    load_weights,
+    register_weight_format,
 )
 
 __all__ = [
@@ -21,10 +25,12 @@ __all__ = [
     "WEIGHT_FORMATS",
     "Checkpointer",
     "CheckpointError",
+    "ConvertedWeights",
     "ResumeState",
     "WeightsReport",
     "atomic_write",
     "find_good_checkpoint",
+    "is_trusted_zoo_file",
     "list_checkpoints",
     "load_checkpoint_file",
     "load_weights",

@@ -27,7 +27,7 @@ import re
 import tempfile
 import zipfile
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -48,10 +48,6 @@ __all__ = [
     "list_checkpoints",
     "find_good_checkpoint",
     "load_checkpoint_file",
-    "WeightsReport",
-    "WEIGHT_FORMATS",
-    "register_weight_format",
-    "load_weights",
     "unwrap_model",
 ]
 
@@ -373,10 +369,11 @@ class Checkpointer:
         return None
 
     # -- loading ------------------------------------------------------------
-    def resume_or_load(self, weights: str = "", *, resume: bool) -> ResumeState:
+    def resume_or_load(self, weights: str = "", *, resume: bool, allow_pickle: bool = False) -> ResumeState:
         """With ``resume``, restore the newest good checkpoint of ``save_dir`` if there is one;
         otherwise load ``weights`` (model only: pre-trained weights never restore iteration
-        or optimizer state) and start at iteration 0."""
+        or optimizer state) and start at iteration 0. ``allow_pickle`` is passed to
+        :func:`detgn.checkpoint.weights.load_weights` (``MODEL.WEIGHTS_ALLOW_PICKLE``)."""
         if resume:
             self.remove_stale_temp_files()
             path = self.latest_good_checkpoint()
@@ -384,7 +381,10 @@ class Checkpointer:
                 return self.resume(path)
             logger.info("--resume: no checkpoint in %s; starting a new run", self.save_dir)
         if weights:
-            load_weights(self.model, weights)
+            # Imported here: weights.py builds on this module's file helpers.
+            from .weights import load_weights
+
+            load_weights(self.model, weights, allow_pickle=allow_pickle)
         else:
             logger.info("No MODEL.WEIGHTS given: training from the random initialisation")
         return ResumeState(start_iter=0)
@@ -498,138 +498,10 @@ class Checkpointer:
 
 
 # ---------------------------------------------------------------------------- #
-# Pre-trained / foreign weights (model only)
+# Helpers (pre-trained weights are loaded by detgn/checkpoint/weights.py)
 # ---------------------------------------------------------------------------- #
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel / DataParallel wrapper (or the model itself)."""
     while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         model = model.module
     return model
-
-
-@dataclass
-class WeightsReport:
-    """What :func:`load_weights` did with each key (printable)."""
-
-    source: str
-    loaded: List[str]
-    missing: List[str]  # in the model, not in the file: keep their initialisation
-    unused: List[str]  # in the file, not in the model
-    shape_mismatch: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]]  # (key, file shape, model shape)
-
-    def __str__(self) -> str:
-        lines = [
-            f"Weights from {self.source}: {len(self.loaded)} tensors loaded, {len(self.missing)} missing "
-            f"in the file, {len(self.unused)} unused, {len(self.shape_mismatch)} skipped for shape"
-        ]
-        if self.missing:
-            lines.append("  missing (keep their initialisation): " + _abbrev(self.missing))
-        if self.unused:
-            lines.append("  unused (not in the model): " + _abbrev(self.unused))
-        for k, a, b in self.shape_mismatch[:20]:
-            lines.append(f"  shape mismatch {k}: file {tuple(a)} vs model {tuple(b)}")
-        return "\n".join(lines)
-
-
-def _abbrev(keys: List[str], n: int = 30) -> str:
-    shown = ", ".join(keys[:n])
-    return shown + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
-
-
-def _load_pth(path: str, *, model: nn.Module, allow_pickle: bool) -> Dict[str, torch.Tensor]:
-    """A detgn checkpoint (state under ``"model"``) or a bare state dict saved with torch.save.
-
-    Keys are already detgn names, so ``model`` is not needed to place them.
-    """
-    obj = load_checkpoint_file(path, allow_pickle=allow_pickle)
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict (name -> tensor)")
-    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not state:
-        raise CheckpointError(f"{path} holds no tensors; keys: {list(obj)[:10]}")
-    return state
-
-
-# Format (file suffix) -> loader(path, *, model, allow_pickle) returning a state dict in
-# ``model``'s parameter names (the model lets a converter place renamed keys, e.g. by
-# suffix). Converters for Detectron ``.pkl`` and torchvision weights are added here
-# with :func:`register_weight_format`.
-WEIGHT_FORMATS: Dict[str, Callable[..., Dict[str, torch.Tensor]]] = {".pth": _load_pth, ".pt": _load_pth}
-
-
-def register_weight_format(suffix: str, loader: Callable[..., Dict[str, torch.Tensor]]) -> None:
-    """Make :func:`load_weights` read files ending in ``suffix`` with ``loader(path, *, model, allow_pickle)``."""
-    WEIGHT_FORMATS[suffix.lower()] = loader
-
-
-def _resolve_weights(path_or_name: str, allow_pickle: bool) -> Tuple[str, bool]:
-    if path_or_name.startswith("detgn://"):
-        # Lazily: the model zoo is optional at import time and may touch the network.
-        from detgn.model_zoo import download
-
-        local = download(path_or_name)
-        try:
-            from detgn.model_zoo import is_verified
-
-            allow_pickle = allow_pickle or bool(is_verified(local))
-        except ImportError:
-            pass
-        return local, allow_pickle
-    path = os.path.expanduser(path_or_name)
-    if not os.path.isfile(path):
-        raise CheckpointError(
-            f"Weights file {path_or_name!r} does not exist. Give a path to a .pth file, a model-zoo "
-            "name (detgn://...), or MODEL.WEIGHTS '' to train from scratch."
-        )
-    return path, allow_pickle
-
-
-def load_weights(model: nn.Module, path_or_name: str, *, allow_pickle: bool = False) -> WeightsReport:
-    """Load matching tensors of a weights file into ``model`` (nothing else: no iteration,
-    optimizer or RNG state), report what was loaded, missing, unused or of the wrong shape.
-
-    Args:
-        model: the model (DDP wrappers are unwrapped; a ``module.`` prefix in the file is stripped).
-        path_or_name: a file whose suffix is in :data:`WEIGHT_FORMATS`, or ``detgn://...``
-            resolved by :func:`detgn.model_zoo.download`.
-        allow_pickle: let loaders unpickle Python objects (trusted files only). Files
-            downloaded from the model zoo with a verified hash count as trusted.
-
-    Returns:
-        a :class:`WeightsReport`, also logged.
-    """
-    model = unwrap_model(model)
-    path, allow_pickle = _resolve_weights(path_or_name, allow_pickle)
-    suffix = os.path.splitext(path)[1].lower()
-    loader = WEIGHT_FORMATS.get(suffix)
-    if loader is None:
-        raise CheckpointError(
-            f"No loader for {suffix!r} files ({path}); known formats: {sorted(WEIGHT_FORMATS)}. "
-            "Convert the file to a .pth state dict, or register a loader with register_weight_format."
-        )
-    state = loader(path, model=model, allow_pickle=allow_pickle)
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    own = model.state_dict()
-    loaded: Dict[str, torch.Tensor] = {}
-    mismatch = []
-    for k, v in state.items():
-        if k in own:
-            if tuple(own[k].shape) == tuple(v.shape):
-                loaded[k] = v
-            else:
-                mismatch.append((k, tuple(v.shape), tuple(own[k].shape)))
-    model.load_state_dict(loaded, strict=False)
-    report = WeightsReport(
-        source=path_or_name,
-        loaded=sorted(loaded),
-        missing=sorted(set(own) - set(loaded) - {m[0] for m in mismatch}),
-        unused=sorted(k for k in state if k not in own),
-        shape_mismatch=mismatch,
-    )
-    logger.info("%s", report)
-    return report

@@ -273,31 +273,181 @@ def _load_c2_pkl(path: str, *, model: nn.Module, allow_pickle: bool) -> Converte
             + (f" with keys {sorted(map(str, obj))[:10]}" if isinstance(obj, dict) else "")
         )
     conv = convert_c2_blobs(blobs)
-    own = model.state_dict()
-    placed, unmatched = _align(path, conv.tensors, own)
-    modules = dict(model.named_modules())
-    kinds = {"bn": 0, "gn": 0}
-    for key in placed:
-        src = conv.sources[key.split(".", key.count(".") - key.count(".") )[-1]] if False else None
-        del src
-    notes = []
-    mixed = []
-    for rel, key in _placements(conv.tensors, placed):
-        src = conv.sources[rel]
-        mod = modules.get(key.rsplit(".", 1)[0])
-        if key.endswith("running_var") and hasattr(mod, "eps"):
-            placed[key] = torch.full_like(placed[key], 1.0 - mod.eps)  # exact for this layer's eps
-        if key.endswith("norm.weight") and src.endswith(("_bn_s", "_gn_s")):
-            kind = "gn" if src.endswith("_gn_s") else "bn"
-            kinds[kind] += 1
-            if (kind == "gn") != isinstance(mod, nn.GroupNorm):
-                mixed.append(key)
-    if mixed:
-        notes.append(
-            f"{len(mixed)} norm layers get a {'GN' if kinds['gn'] >= kinds['bn'] else 'BN*'} scale/bias "
-            f"from the file but are {type(modules[mixed[0].rsplit('.', 1)[0]]).__name__} in the model "
-            f"(e.g. {mixed[0]}): the file's norm does not match the config's NORM keys"
-        )
-    unused = [conv.sources[n] for n in unmatched if conv.sources.get(n) and not n.endswith(("running_mean", "running_var"))]
+    placed, unmatched = _align(path, conv.tensors, model.state_dict())
+    notes = _fix_norms(model, placed, conv.sources)
+    # Report the file's own names; the statistics made up for a BN* layer are not file entries.
+    unused = [conv.sources[n] for n in unmatched if not n.endswith(("running_mean", "running_var"))]
     return ConvertedWeights(placed, format="Detectron .pkl", unused=conv.unknown + unused,
                             ignored=conv.ignored, notes=notes)
+
+
+def _fix_norms(model: nn.Module, placed: Dict[str, torch.Tensor], sources: Dict[str, str]) -> List[str]:
+    """Set each folded BN*'s ``running_var`` to 1 - eps of its own layer (in place), and
+    return a note when the file's norms (``_bn_`` / ``_gn_``) are not the model's."""
+    modules = dict(model.named_modules())
+    mixed: List[Tuple[str, str, str]] = []
+    for key in list(placed):
+        parts = key.split(".")
+        rel = next((".".join(parts[i:]) for i in range(len(parts)) if ".".join(parts[i:]) in sources), None)
+        mod = modules.get(key.rsplit(".", 1)[0])
+        if rel is None or mod is None:
+            continue
+        src = sources[rel]
+        if key.endswith("running_var") and isinstance(getattr(mod, "eps", None), float):
+            placed[key] = torch.full_like(placed[key], 1.0 - mod.eps)  # exact for this layer's eps
+        if key.endswith("norm.weight") and src.endswith(("_bn_s", "_gn_s")):
+            file_gn = src.endswith("_gn_s")
+            if file_gn != isinstance(mod, nn.GroupNorm):
+                mixed.append((key, "GN" if file_gn else "BN*", type(mod).__name__))
+    if not mixed:
+        return []
+    key, file_kind, model_kind = mixed[0]
+    return [f"{len(mixed)} norm layers get a {file_kind} scale/bias from the file but are {model_kind} "
+            f"in the model (e.g. {key}): the file's norm does not match the config's NORM keys"]
+
+
+# Format (file suffix) -> loader(path, *, model, allow_pickle) returning a state dict in
+# ``model``'s parameter names, or a :class:`ConvertedWeights` (the model lets a
+# converter place renamed keys, e.g. by suffix). More with :func:`register_weight_format`.
+WEIGHT_FORMATS: Dict[str, Callable[..., Union[Dict[str, torch.Tensor], ConvertedWeights]]] = {
+    ".pth": _load_pth,
+    ".pt": _load_pth,
+    ".pkl": _load_c2_pkl,
+}
+
+
+def register_weight_format(suffix: str, loader: Callable[..., Union[Dict[str, torch.Tensor], ConvertedWeights]]) -> None:
+    """Make :func:`load_weights` read files ending in ``suffix`` with ``loader(path, *, model, allow_pickle)``."""
+    WEIGHT_FORMATS[suffix.lower()] = loader
+
+
+# ---------------------------------------------------------------------------- #
+# Trust and resolution
+# ---------------------------------------------------------------------------- #
+def is_trusted_zoo_file(path: str) -> bool:
+    """True if ``path`` passed a model-zoo sha256 check and that hash is pinned in the catalog.
+
+    :func:`detgn.model_zoo.is_verified` re-hashes the file against its ``<file>.sha256``
+    sidecar; requiring the recorded hash to be one the catalog pins as well means a
+    sidecar written next to some other file does not make it trusted.
+    """
+    try:
+        from detgn.model_zoo import MODEL_ZOO, is_verified
+    except ImportError:
+        return False
+    if not is_verified(path):
+        return False
+    pinned = {str(e.get("sha256")).lower() for e in MODEL_ZOO.values() if e.get("sha256")}
+    try:
+        with open(str(path) + ".sha256") as f:  # sha256sum format: "<hex>  <name>"
+            recorded = f.read().split()[0].lower()
+    except (OSError, IndexError, UnicodeDecodeError):
+        return False
+    return recorded in pinned
+
+
+def _resolve_weights(path_or_name: str, allow_pickle: bool) -> Tuple[str, bool]:
+    """Local path of the weights, and whether pickled content may be read from it."""
+    if path_or_name.startswith("detgn://") or re.match(r"^https?://", path_or_name):
+        # Lazily: the model zoo is optional at import time and may touch the network.
+        from detgn.model_zoo import download
+
+        local = download(path_or_name)
+        return local, allow_pickle or is_trusted_zoo_file(local)
+    path = os.path.expanduser(path_or_name)
+    if not os.path.isfile(path):
+        raise CheckpointError(
+            f"Weights file {path_or_name!r} does not exist. Give a path to a .pth or Detectron .pkl "
+            "file, a model-zoo name (detgn://...), or MODEL.WEIGHTS '' to train from scratch."
+        )
+    return path, allow_pickle
+
+
+# ---------------------------------------------------------------------------- #
+# Loading
+# ---------------------------------------------------------------------------- #
+def _num_classes(state: Dict[str, torch.Tensor]) -> Optional[int]:
+    """Foreground classes of a predictor in ``state`` (None if it has no class-dependent layer)."""
+    for key in ("roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.bias"):
+        if key in state:
+            return int(state[key].shape[0]) - 1
+    for key in ("roi_heads.mask_head.mask_fcn_logits.weight", "roi_heads.mask_head.mask_fcn_logits.bias"):
+        if key in state and state[key].shape[0] > 1:
+            return int(state[key].shape[0])
+    return None
+
+
+def _class_dependent(key: str) -> bool:
+    return key.startswith(CLASS_DEPENDENT_PREFIXES)
+
+
+def load_weights(model: nn.Module, path_or_name: str, *, allow_pickle: bool = False) -> WeightsReport:
+    """Load matching tensors of a weights file into ``model`` (nothing else: no iteration,
+    optimizer or RNG state), report what was loaded, missing or unused.
+
+    Args:
+        model: the model (DDP wrappers are unwrapped; a ``module.`` prefix in the file is stripped).
+        path_or_name: a file whose suffix is in :data:`WEIGHT_FORMATS` (``.pth``, ``.pt``,
+            Detectron ``.pkl``), or ``detgn://...`` / a URL resolved by :func:`detgn.model_zoo.download`.
+        allow_pickle: let loaders unpickle Python objects (trusted files only: unpickling
+            runs code). Model-zoo files whose sha256 matches the catalog count as trusted.
+
+    Returns:
+        a :class:`WeightsReport`, also logged.
+
+    Raises:
+        CheckpointError: missing, corrupt or refused (pickle) file, unknown format, or a
+            shape mismatch outside the class-dependent predictor layers.
+    """
+    model = unwrap_model(model)
+    path, allow_pickle = _resolve_weights(path_or_name, allow_pickle)
+    suffix = os.path.splitext(path)[1].lower()
+    loader = WEIGHT_FORMATS.get(suffix)
+    if loader is None:
+        raise CheckpointError(
+            f"No loader for {suffix!r} files ({path}); known formats: {sorted(WEIGHT_FORMATS)}. "
+            "Convert the file to a .pth state dict, or register a loader with register_weight_format."
+        )
+    result = loader(path, model=model, allow_pickle=allow_pickle)
+    conv = result if isinstance(result, ConvertedWeights) else ConvertedWeights(dict(result))
+    state = conv.state
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    own = model.state_dict()
+    notes = list(conv.notes)
+
+    dropped = []
+    file_k, model_k = _num_classes(state), _num_classes(own)
+    if file_k is not None and model_k is not None and file_k != model_k:
+        dropped = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if _class_dependent(k) and k in own]
+        state = {k: v for k, v in state.items() if not _class_dependent(k)}
+        msg = f"checkpoint has {file_k} classes, model {model_k}: predictor layers not loaded"
+        notes.insert(0, msg + f" ({_grouped([k for k, _, _ in dropped])}); they keep their initialisation")
+        logger.warning("%s: %s", path_or_name, msg)
+
+    mismatch = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
+                if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if mismatch:
+        listing = "\n  ".join(f"{k}: file {a} vs model {b}" for k, a, b in mismatch[:10])
+        more = f"\n  ... and {len(mismatch) - 10} more" if len(mismatch) > 10 else ""
+        raise CheckpointError(
+            f"Weights {path_or_name} do not fit the model: {len(mismatch)} tensor(s) have another shape:\n  "
+            f"{listing}{more}\nThe file was made for another architecture (depth, widths, FPN/head "
+            "dimensions, class-agnostic box regression...). Use the config it was trained with, or a file "
+            "made for this one. Nothing was loaded."
+        )
+    loaded = {k: v for k, v in state.items() if k in own}
+    model.load_state_dict(loaded, strict=False)
+    dropped_keys = {k for k, _, _ in dropped}
+    report = WeightsReport(
+        source=path_or_name,
+        format=conv.format,
+        loaded=[k for k in own if k in loaded],
+        missing=[k for k in own if k not in loaded and k not in dropped_keys],
+        unused=list(conv.unused) + [k for k in state if k not in own],
+        ignored=list(conv.ignored),
+        dropped=dropped,
+        notes=notes,
+    )
+    logger.info("%s", report)
+    return report

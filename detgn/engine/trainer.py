@@ -122,11 +122,15 @@ class Trainer:
     def hooks(self) -> List[HookBase]:
         return list(self._hooks)
 
-    def resume_or_load(self, weights: str = "", *, resume: bool) -> int:
-        """Restore the newest good checkpoint (``resume``) or load ``weights``; returns the start iteration."""
+    def resume_or_load(self, weights: str = "", *, resume: bool, allow_pickle: bool = False) -> int:
+        """Restore the newest good checkpoint (``resume``) or load ``weights``; returns the start iteration.
+
+        ``allow_pickle`` (``MODEL.WEIGHTS_ALLOW_PICKLE``) lets ``weights`` be unpickled when it
+        is not a verified model-zoo file (see :func:`detgn.checkpoint.load_weights`).
+        """
         if self.checkpointer is None:
             raise RuntimeError("resume_or_load needs the Trainer to be given a checkpointer")
-        state = self.checkpointer.resume_or_load(weights, resume=resume)
+        state = self.checkpointer.resume_or_load(weights, resume=resume, allow_pickle=allow_pickle)
         self.start_iter = state.start_iter
         self._rng_state = state.rng_state
         return self.start_iter

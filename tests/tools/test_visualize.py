@@ -5,6 +5,7 @@ its detections and a threshold above 1 draws none: the first must change pixels,
 the second must leave the image exactly as read (PNG is lossless).
 """
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -112,13 +113,12 @@ def test_dataset_split_with_ground_truth(vis, tiny_config, tiny_weights, tools_s
                    "--dataset", "synthetic_val", "--num", "2", "--output", str(out)])
     assert rc == 0, capsys.readouterr()
     records = DatasetCatalog.get("synthetic_val")[:2]
-    assert sorted(p.name for p in out.glob("*.png")) == sorted(
-        f"{r['file_name'].rsplit('/', 1)[-1].rsplit('.', 1)[0]}.png" for r in records)
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(Path(r["file_name"]).stem + ".png" for r in records)
     caption = vis._CAPTION_H
     for r in records:
         raw = _read(r["file_name"])
         h, w = raw.shape[:2]
-        png = _read(out / (r["file_name"].rsplit("/", 1)[-1].rsplit(".", 1)[0] + ".png"))
+        png = _read(out / (Path(r["file_name"]).stem + ".png"))
         assert png.shape == (h + caption, 2 * w + vis._GAP, 3)
         assert np.array_equal(png[caption:, :w], raw)  # no prediction above 0.5
         assert any(not a["iscrowd"] for a in r["annotations"])
