@@ -35,7 +35,13 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from detgn.config import ConfigError, load_config  # noqa: E402
-from detgn.data import DatasetCatalog, DatasetMapper, ImageReadError, MetadataCatalog  # noqa: E402
+from detgn.data import (  # noqa: E402
+    CocoFormatError,
+    DatasetCatalog,
+    DatasetMapper,
+    ImageReadError,
+    MetadataCatalog,
+)
 from detgn.data.mapper import read_image  # noqa: E402
 from detgn.structures import polygons_to_bitmask, rle_to_bitmask  # noqa: E402
 from detgn.utils.visualizer import draw_instances, draw_predictions  # noqa: E402
@@ -47,9 +53,12 @@ __all__ = [
     "load_model",
     "class_names_for",
     "predict",
+    "gt_arrays",
     "render",
+    "list_images",
     "visualize_files",
     "visualize_dataset",
+    "parse_args",
     "main",
 ]
 
@@ -338,6 +347,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as e:
         print(f"Config error: {e}", file=sys.stderr)
         return 2
+    if args.dataset and args.dataset not in DatasetCatalog:
+        try:
+            DatasetCatalog.get(args.dataset)
+        except KeyError as e:  # its message lists the registered names
+            print(f"error: {e.args[0]}", file=sys.stderr)
+            return 1
     try:
         # Fail on a missing input before spending time on the model.
         paths = list_images(args.input) if args.input else None
@@ -349,9 +364,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             result = visualize_files(cfg, model, paths, args.output, args.score_thresh,
                                      class_names=class_names_for(cfg))
             written, failed = result["written"], result["failed"]
-    except (FileNotFoundError, KeyError, ImageReadError, CheckpointError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}", file=sys.stderr)
+    except (FileNotFoundError, ImageReadError, CheckpointError, CocoFormatError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"Wrote {len(written)} PNG file(s) to {args.output}", flush=True)
     if failed:

@@ -97,7 +97,8 @@ def group_keys(keys: Iterable[str]) -> List[str]:
     leaves: Dict[tuple, set] = {}
     first: Dict[tuple, int] = {}
     for i, key in enumerate(keys):
-        parts = re.split(r"([._])", key)
+        # detgn names split on ".", Detectron blob names (no ".") on "_".
+        parts = re.split(r"(\.)" if "." in key else r"(_)", key)
         path = tuple(_token(p) for p in parts[:-1])
         leaves.setdefault(path, set()).add(parts[-1])
         first.setdefault(path, i)
@@ -216,13 +217,12 @@ def _load_pth(path: str, *, model: nn.Module, allow_pickle: bool) -> ConvertedWe
     if all(k.startswith("module.") for k in state):  # saved from a DDP-wrapped model
         state = {k[len("module."):]: v for k, v in state.items()}
     own = model.state_dict()
-    if set(state) & set(own):
-        return ConvertedWeights(state, format=kind)
-    if is_torchvision_maskrcnn(state):
+    # A torchvision layout is converted unless the model itself uses those names.
+    if is_torchvision_maskrcnn(state) and not any(k.startswith("backbone.body.") for k in own):
         converted, unused = convert_torchvision_maskrcnn(state)
         return ConvertedWeights(converted, format="torchvision Mask R-CNN", unused=unused,
                                 notes=_pixel_note(model, "torchvision"))
-    if is_torchvision_resnet(state):
+    if is_torchvision_resnet(state) and "conv1.weight" not in own:
         converted, unused = convert_torchvision_resnet(state)
         placed, unmatched = _align(path, converted, own)
         return ConvertedWeights(placed, format="torchvision ImageNet ResNet", unused=unused + unmatched,

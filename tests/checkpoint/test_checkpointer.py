@@ -1,5 +1,7 @@
-"""Checkpointer: atomic writes, keep-last-K, corrupt files, weights_only loading, load_weights."""
-import argparse
+"""Checkpointer: atomic writes, keep-last-K, corrupt files, weights_only loading.
+
+load_weights (pre-trained and foreign weights) is tested in test_load_weights.py.
+"""
 import os
 import sys
 from pathlib import Path
@@ -152,57 +154,6 @@ def test_pretrained_weights_never_restore_training_state(tmp_path):
         assert torch.equal(a, b), k
 
 
-def test_load_weights_report(tmp_path):
-    src = ToyModel(num_classes=4)
-    state = {f"module.{k}": v for k, v in src.state_dict().items()}  # a DDP-saved state dict
-    state["module.extra.weight"] = torch.zeros(2)
-    del state["module.conv2.bias"]
-    bare = tmp_path / "bare.pth"
-    torch.save(state, bare)
-    dst = ToyModel(num_classes=7)  # fc has another shape
-    report = load_weights(dst, str(bare))
-    text = str(report)
-    print(text)
-    assert "conv1.weight" in report.loaded
-    assert report.missing == ["conv2.bias"]
-    assert report.unused == ["extra.weight"]
-    assert {k for k, _, _ in report.shape_mismatch} == {"fc.weight", "fc.bias"}
-    assert torch.equal(dst.conv1.weight, src.conv1.weight)
-    assert "shape mismatch fc.weight: file (4, 8) vs model (7, 8)" in text
-
-
-def test_load_weights_errors(tmp_path, monkeypatch):
-    with pytest.raises(CheckpointError, match="does not exist"):
-        load_weights(ToyModel(), str(tmp_path / "nope.pth"))
-    (tmp_path / "w.pkl").write_bytes(b"x")
-    with pytest.raises(CheckpointError, match="No loader for '.pkl'"):
-        load_weights(ToyModel(), str(tmp_path / "w.pkl"))
-
-    # Old training scripts often stored their argparse namespace next to the weights.
-    src = ToyModel()
-    pickled = tmp_path / "pickled.pth"
-    torch.save({"model": src.state_dict(), "args": argparse.Namespace(lr=0.1)}, pickled)
-    with pytest.raises(CheckpointError, match="allow_pickle=True"):
-        load_weights(ToyModel(), str(pickled))
-    dst = ToyModel()
-    report = load_weights(dst, str(pickled), allow_pickle=True)
-    assert not report.missing and torch.equal(dst.fc.weight, src.fc.weight)
-
-
-def test_load_weights_resolves_zoo_names_lazily(tmp_path, monkeypatch):
-    import detgn.model_zoo as zoo
-
-    src = ToyModel()
-    path = tmp_path / "zoo_file.pth"
-    torch.save({"model": src.state_dict()}, path)
-    calls = []
-    monkeypatch.setattr(zoo, "download", lambda name, **k: calls.append(name) or str(path))
-    dst = ToyModel()
-    report = load_weights(dst, "detgn://Toy/model_final")
-    assert calls == ["detgn://Toy/model_final"]
-    assert not report.missing and torch.equal(dst.fc.weight, src.fc.weight)
-
-
 class _Scale:
     """Stands in for the AMP GradScaler: any object with state_dict/load_state_dict."""
 
@@ -227,28 +178,3 @@ def test_extra_checkpointables_are_saved_and_restored(tmp_path):
     assert restored.scale == 1024.0
     with pytest.raises(ValueError, match="reserved"):
         ck2.add_checkpointable("optimizer", _Scale(1.0))
-
-
-def test_registered_weight_format_gets_the_model(tmp_path, monkeypatch):
-    """The extension point: a converter for another format receives the model to place keys."""
-    import numpy as np
-
-    from detgn.checkpoint import WEIGHT_FORMATS, register_weight_format
-
-    src = ToyModel()
-    np.savez(tmp_path / "w.npz", **{"fc_weight": src.fc.weight.detach().numpy()})
-    seen = {}
-
-    def npz_loader(path, *, model, allow_pickle):
-        seen["keys"] = set(model.state_dict())
-        seen["allow_pickle"] = allow_pickle
-        blobs = np.load(path)
-        return {"fc.weight": torch.from_numpy(blobs["fc_weight"])}
-
-    monkeypatch.setitem(WEIGHT_FORMATS, ".npz", None)  # restored after the test
-    register_weight_format(".NPZ", npz_loader)
-    dst = ToyModel()
-    report = load_weights(dst, str(tmp_path / "w.npz"))
-    assert "fc.weight" in seen["keys"] and seen["allow_pickle"] is False
-    assert report.loaded == ["fc.weight"] and "conv1.weight" in report.missing
-    assert torch.equal(dst.fc.weight, src.fc.weight)

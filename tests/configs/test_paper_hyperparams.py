@@ -154,6 +154,8 @@ def test_shared_published_settings(name):
     assert (r.BATCH_SIZE_PER_IMAGE, r.POSITIVE_FRACTION, list(r.IOU_THRESHOLDS)) == (512, 0.25, [0.5])
     assert list(m.ANCHOR_GENERATOR.ASPECT_RATIOS) == [[0.5, 1.0, 2.0]]
     assert m.RPN.NMS_THRESH == 0.7
+    # Detectron's test-time settings ("the same hyper-parameters as in [13]").
+    assert (r.SCORE_THRESH_TEST, r.NMS_THRESH_TEST, cfg.TEST.DETECTIONS_PER_IMAGE) == (0.05, 0.5, 100)
     if ROWS[name].arch == "FPN":
         # P2-P6, 256 channels, one anchor size per level, 32..512.
         assert m.FPN.OUT_CHANNELS == 256 and list(m.FPN.IN_FEATURES) == ["res2", "res3", "res4", "res5"]
@@ -173,6 +175,9 @@ def test_shared_published_settings(name):
         # C4: all five anchor sizes on the stride-16 res4 map; 14x14 RoIAlign into res5.
         assert list(m.ANCHOR_GENERATOR.SIZES) == [[32, 64, 128, 256, 512]]
         assert list(m.RPN.IN_FEATURES) == ["res4"] and list(r.IN_FEATURES) == ["res4"]
+        # Detectron's single-level RPN: 12000/6000 before NMS, 2000/1000 after, per image.
+        assert (m.RPN.PRE_NMS_TOPK_TRAIN, m.RPN.PRE_NMS_TOPK_TEST) == (12000, 6000)
+        assert (m.RPN.POST_NMS_TOPK_TRAIN, m.RPN.POST_NMS_TOPK_TEST) == (2000, 1000)
         assert (m.ROI_BOX_HEAD.POOLER_RESOLUTION, m.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO) == (14, 2)
         assert m.ROI_MASK_HEAD.NUM_CONV == 0
 

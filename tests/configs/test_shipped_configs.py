@@ -185,6 +185,7 @@ def test_cli_prints_counts_and_writes_golden(tmp_path, monkeypatch, capsys):
     }
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # fvcore traces with torch.jit
 def test_cli_flops(tmp_path, monkeypatch, capsys):
     root = tmp_path / "configs"
     _tiny_configs(root)

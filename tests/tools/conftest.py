@@ -175,15 +175,15 @@ def start(cmd: List[str], env: Dict[str, str], log_file: Path) -> subprocess.Pop
         f.close()  # the child holds its own descriptor
 
 
-def finish(proc: subprocess.Popen, log_file: Path, timeout: float) -> str:
-    """Wait for ``proc`` (killing it past ``timeout``) and return its output."""
+def finish(proc: subprocess.Popen, log_file: Path, timeout: float) -> tuple:
+    """Wait for ``proc`` (killing it past ``timeout``); returns (exit status, output)."""
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
         pytest.fail(f"{proc.args} ran past {timeout} s; output:\n{Path(log_file).read_text()[-4000:]}")
-    return Path(log_file).read_text()
+    return proc.returncode, Path(log_file).read_text()
 
 
 def free_port() -> int:

@@ -40,12 +40,11 @@ def test_two_process_torchrun_train_checkpoint_evaluate(tools_helpers, tools_syn
         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
     ]
     console = tmp_path / "console.txt"
-    text = h.finish(h.start(cmd, h.subprocess_env(tools_synthetic_root), console), console, timeout=300)
-    assert "Traceback" not in text, h.tail(text)
+    rc, text = h.finish(h.start(cmd, h.subprocess_env(tools_synthetic_root), console), console, timeout=300)
+    assert rc == 0 and "Traceback" not in text, h.tail(text)
 
     log0 = (out / "log.txt").read_text()
     log1 = (out / "log.txt.rank1").read_text()
-    assert "Process group ready: rank 1 of 2" in log1 and "gloo" in log1
 
     # Training: both ranks end with the weights rank 0 saved.
     ckpt = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)

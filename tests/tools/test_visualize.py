@@ -49,12 +49,14 @@ def test_render_draws_detections_only_above_the_threshold(vis, tiny_config, tiny
     from detgn.config import load_config
     from detgn.data import DatasetMapper
 
-    cfg = load_config(str(tiny_config), ["MODEL.WEIGHTS", str(tiny_weights), "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
+    cfg = load_config(str(tiny_config),
+                      ["MODEL.WEIGHTS", str(tiny_weights), "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
     model = vis.load_model(cfg)
     assert not model.training
     raw = _read(val_images[0])
     mapper = DatasetMapper.from_config(cfg, is_train=False)
-    inst = vis.predict(model, mapper, {"file_name": str(val_images[0]), "height": raw.shape[0], "width": raw.shape[1]})
+    record = {"file_name": str(val_images[0]), "height": raw.shape[0], "width": raw.shape[1]}
+    inst = vis.predict(model, mapper, record)
     assert len(inst) > 0 and inst.image_size == raw.shape[:2]
     assert tuple(inst.pred_masks.shape[1:]) == raw.shape[:2]
     drawn = vis.render(raw, inst, score_thresh=0.0)
@@ -141,8 +143,13 @@ def test_errors_are_clear(vis, tiny_config, tiny_weights, tmp_path, capsys):
                      "--input", str(bad), "--output", out]) == 1
     assert "nope.pth' does not exist" in capsys.readouterr().err
 
-    assert vis.main(["--config", str(tiny_config), "SOLVER.NO_SUCH_KEY", "1", "--input", str(bad), "--output", out]) == 2
+    assert vis.main(["--config", str(tiny_config), "SOLVER.NO_SUCH_KEY", "1",
+                     "--input", str(bad), "--output", out]) == 2
     assert "Unknown config key 'SOLVER.NO_SUCH_KEY'" in capsys.readouterr().err
+
+    assert vis.main(["--config", str(tiny_config), "--dataset", "synthetic_vall", "--output", out]) == 1
+    err = capsys.readouterr().err
+    assert "Dataset 'synthetic_vall' is not registered" in err and "'synthetic_val'" in err
 
     with pytest.raises(SystemExit):
         vis.main(["--config", str(tiny_config), "--input", str(bad), "--output", out, "--no-such-flag"])
