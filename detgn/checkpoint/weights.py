@@ -274,11 +274,22 @@ def _load_c2_pkl(path: str, *, model: nn.Module, allow_pickle: bool) -> Converte
         )
     conv = convert_c2_blobs(blobs)
     placed, unmatched = _align(path, conv.tensors, model.state_dict())
-    notes = _fix_norms(model, placed, conv.sources)
+    notes = _fix_norms(model, placed, conv.sources) + _stride_note(path, model)
     # Report the file's own names; the statistics made up for a BN* layer are not file entries.
     unused = [conv.sources[n] for n in unmatched if not n.endswith(("running_mean", "running_var"))]
     return ConvertedWeights(placed, format="Detectron .pkl", unused=conv.unknown + unused,
                             ignored=conv.ignored, notes=notes)
+
+
+def _stride_note(path: str, model: nn.Module) -> List[str]:
+    """MSRA's ResNets (the zoo's BN* R-50/R-101) stride on the 1x1 conv; Detectron's GN ones on the 3x3."""
+    if "msra" not in path.lower():
+        return []
+    for name, mod in model.named_modules():
+        if name.endswith("res3.0.conv1") and tuple(getattr(mod, "stride", (2, 2))) == (1, 1):
+            return [f"{os.path.basename(path)} looks like an MSRA ResNet, trained with the stride on the 1x1 "
+                    "conv of each block; set MODEL.RESNETS.STRIDE_IN_1X1 True to compute what it was trained for"]
+    return []
 
 
 def _fix_norms(model: nn.Module, placed: Dict[str, torch.Tensor], sources: Dict[str, str]) -> List[str]:

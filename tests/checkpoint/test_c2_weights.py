@@ -200,9 +200,13 @@ def test_bnstar_r50_folded_into_frozen_bn(tmp_path):
     blobs = detectron_blobs(src, only="backbone.bottom_up.")
     assert "res_conv1_bn_s" in blobs and "res3_0_branch1_bn_b" in blobs and not any("running" in k for k in blobs)
     dst = build("gn_paper/mask_rcnn_R_50_FPN_BNstar_2x.yaml", seed=4)
-    report = load_weights(dst, write_pkl(tmp_path / "R-50.pkl", blobs, wrap=False), allow_pickle=True)
+    (tmp_path / "MSRA").mkdir()
+    report = load_weights(dst, write_pkl(tmp_path / "MSRA" / "R-50.pkl", blobs, wrap=False), allow_pickle=True)
     assert report.unused == [] and len(report.loaded) == sum(k.startswith("backbone.bottom_up.") for k in dst.state_dict())
-    assert report.notes == []
+    # The zoo's BN* files are MSRA's (stride on the 1x1 conv): a config striding on the 3x3 is told.
+    assert len(report.notes) == 1 and "MODEL.RESNETS.STRIDE_IN_1X1 True" in report.notes[0]
+    strided_1x1 = build("gn_paper/mask_rcnn_R_50_FPN_BNstar_2x.yaml", "MODEL.RESNETS.STRIDE_IN_1X1", "True")
+    assert load_weights(strided_1x1, report.source, allow_pickle=True).notes == []
 
     src_mods = dict(src.named_modules())
     frozen = [(n, m) for n, m in dst.named_modules() if isinstance(m, FrozenBatchNorm2d)]
