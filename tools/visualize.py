@@ -77,7 +77,7 @@ def load_model(cfg) -> nn.Module:
 
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        load_weights(model, cfg.MODEL.WEIGHTS)
+        load_weights(model, cfg.MODEL.WEIGHTS, allow_pickle=cfg.MODEL.WEIGHTS_ALLOW_PICKLE)
     else:
         logger.warning("MODEL.WEIGHTS is empty: drawing the detections of a randomly initialised model")
     return model.eval()

@@ -108,5 +108,5 @@ def get(name: str, trained: bool = False, device: str = "cpu"):
     model = build_model(cfg)
     model.to(device)
     if cfg.MODEL.WEIGHTS:
-        load_weights(model, cfg.MODEL.WEIGHTS)
+        load_weights(model, cfg.MODEL.WEIGHTS, allow_pickle=cfg.MODEL.WEIGHTS_ALLOW_PICKLE)
     return model

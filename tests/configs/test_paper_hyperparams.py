@@ -143,8 +143,10 @@ def test_shared_published_settings(name):
     assert list(m.PIXEL_MEAN) == [102.9801, 115.9465, 122.7717] and list(m.PIXEL_STD) == [1.0, 1.0, 1.0]
     # GN: 32 groups, eps 1e-5 (also the eps of every other norm).
     assert (m.GROUP_NORM.NUM_GROUPS, m.GROUP_NORM.DIM_PER_GP, m.GROUP_NORM.EPSILON) == (32, -1, 1e-5)
-    # ResNet: plain bottleneck, stride on the 3x3 conv.
-    assert (m.RESNETS.STRIDE_IN_1X1, m.RESNETS.NUM_GROUPS, m.RESNETS.WIDTH_PER_GROUP) == (False, 1, 64)
+    # ResNet: plain bottleneck, stride on the 3x3 conv as in the paper's GN models; MSRA's
+    # BN* ImageNet files (Detectron's) were trained with it on the 1x1 conv.
+    msra = m.WEIGHTS in ("detgn://ImageNetPretrained/R-50", "detgn://ImageNetPretrained/R-101")
+    assert (m.RESNETS.STRIDE_IN_1X1, m.RESNETS.NUM_GROUPS, m.RESNETS.WIDTH_PER_GROUP) == (msra, 1, 64)
     assert m.RESNETS.RES5_DILATION == 1
     # Mask R-CNN on COCO 2017, 80 classes.
     assert m.MASK_ON and m.ROI_HEADS.NUM_CLASSES == 80

@@ -57,7 +57,7 @@ def test_get_wires_build_model_and_load_weights(configs, monkeypatch):
         calls.append(("build", cfg.MODEL.DEVICE, cfg.MODEL.WEIGHTS))
         return torch.nn.Linear(2, 2)
 
-    def fake_load(model, path_or_name):
+    def fake_load(model, path_or_name, *, allow_pickle=False):
         calls.append(("load", type(model).__name__, path_or_name))
 
     # Stand-ins, so the wiring is tested whatever state the real modules are in.
