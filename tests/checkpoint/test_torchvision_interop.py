@@ -34,6 +34,7 @@ def models():
                 p.copy_(0.05 * torch.randn(p.shape, generator=g))
     cfg = load_config("gn_paper/mask_rcnn_R_50_FPN_BNstar_2x.yaml", [
         "MODEL.WEIGHTS", "", "MODEL.POOLER_ALIGNED", "False", "MODEL.ROI_HEADS.NUM_CLASSES", str(NUM_FG),
+        "MODEL.RESNETS.STRIDE_IN_1X1", "False",  # torchvision strides on the 3x3 conv
     ])
     ours = build_model(cfg).eval()
     converted, unused = convert_torchvision_maskrcnn(tv.state_dict())
