@@ -77,7 +77,7 @@ def step_visualize(args) -> float:
     model.eval()
     out_dir = Path(args.output) / "visualizations"
     with torch.no_grad():
-        visualize_dataset(cfg, model, cfg.DATASETS.TEST[0], str(out_dir), args.num_vis, 0.5)
+        visualize_dataset(cfg, model, cfg.DATASETS.TEST[0], str(out_dir), args.num_vis, args.score_thresh)
     print(f"[demo] 4/4 pictures: {out_dir}", flush=True)
     return time.time() - t0
 
@@ -116,6 +116,7 @@ def main(argv=None):
     ap.add_argument("--val", type=int, default=100, help="synthetic validation images")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--num-vis", type=int, default=8, help="validation images to draw")
+    ap.add_argument("--score-thresh", type=float, default=0.3, help="draw detections scoring at least this")
     ap.add_argument("--fresh", action="store_true", help="retrain even if a finished run exists")
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of the demo config")
     args = ap.parse_args(argv)
