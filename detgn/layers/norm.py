@@ -277,7 +277,8 @@ def norm_from_cfg(cfg, name: str) -> Norm:
         raise ValueError(f"{e}{where}") from None
 
 
-def _norm_label(m: nn.Module) -> Optional[str]:
+def norm_label(m: nn.Module) -> Optional[str]:
+    """Short name of a normalization module ("FrozenBN", "GN(G=32)", "LN", ...), None for others."""
     if isinstance(m, FrozenBatchNorm2d):
         return "FrozenBN"
     if isinstance(m, (SyncBatchNorm2d, nn.SyncBatchNorm)):
@@ -296,7 +297,7 @@ def _norm_label(m: nn.Module) -> Optional[str]:
 
 
 def _describe_part(module: nn.Module) -> str:
-    counts = Counter(lab for lab in map(_norm_label, module.modules()) if lab is not None)
+    counts = Counter(lab for lab in map(norm_label, module.modules()) if lab is not None)
     norms = ", ".join(f"{lab} x{n}" for lab, n in sorted(counts.items())) or "no norm"
     total = sum(p.numel() for p in module.parameters())
     frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
@@ -324,7 +325,7 @@ def describe_norms(module: nn.Module, *, depth: int = 1) -> List[str]:
     def visit(m: nn.Module, prefix: str, level: int) -> None:
         children = list(m.named_children())
         if level == depth or not children:
-            if prefix and (any(True for _ in m.parameters()) or any(map(_norm_label, m.modules()))):
+            if prefix and (any(True for _ in m.parameters()) or any(map(norm_label, m.modules()))):
                 lines.append(f"{prefix}: {_describe_part(m)}")
             return
         own = [p for p in m.parameters(recurse=False)]

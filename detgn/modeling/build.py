@@ -9,7 +9,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
-from detgn.layers import FrozenBatchNorm2d
+from detgn.layers.norm import FrozenBatchNorm2d, norm_label
 
 from .meta_arch import GeneralizedRCNN
 
@@ -49,24 +49,8 @@ def build_model(cfg) -> nn.Module:
     return model
 
 
-def _norm_label(m: nn.Module) -> Optional[str]:
-    if isinstance(m, FrozenBatchNorm2d):
-        return "FrozenBN"
-    if isinstance(m, nn.SyncBatchNorm) or type(m).__name__ == "SyncBatchNorm2d":
-        return "SyncBN"
-    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-        return "BN"
-    if isinstance(m, nn.GroupNorm):
-        if m.num_groups == 1:
-            return "LN"
-        if m.num_groups == m.num_channels:
-            return "IN"
-        return f"GN(groups={m.num_groups})"
-    return None
-
-
 def _norms(module: nn.Module) -> str:
-    counts = Counter(lab for lab in map(_norm_label, module.modules()) if lab)
+    counts = Counter(lab for lab in map(norm_label, module.modules()) if lab)
     return ", ".join(f"{lab} x{n}" for lab, n in sorted(counts.items())) or "no norm"
 
 
@@ -116,7 +100,7 @@ def describe_model(model: nn.Module) -> str:
     Example::
 
         backbone (ResNet): FrozenBN x53 | 23,454,912 params, 225,344 frozen (stem, res2)
-        FPN: GN(groups=32) x8 | 3,344,384 params
+        FPN: GN(G=32) x8 | 3,344,384 params
         ...
     """
     lines = []

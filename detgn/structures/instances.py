@@ -91,7 +91,7 @@ class Instances:
         return 0
 
     def __iter__(self):
-        raise NotImplementedError("Instances is not iterable; index it instead")
+        raise TypeError("Instances is not iterable; index it instead")
 
     @staticmethod
     def cat(instance_lists: List["Instances"]) -> "Instances":

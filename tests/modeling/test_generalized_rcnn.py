@@ -181,7 +181,7 @@ def test_describe_model_reports_norms_and_freezing():
     text = describe_model(build_model(tiny_cfg("FPN", "GN", "4conv1fc")))
     for part in ("backbone (ResNet)", "FPN", "box head (conv1, conv2, conv3, conv4, fc6)", "mask head"):
         line = next(l for l in text.splitlines() if l.startswith(part))
-        assert "GN(groups=8)" in line and "frozen" not in line, line
+        assert "GN(G=8)" in line and "frozen" not in line, line
     assert "0 frozen" in text.splitlines()[-1]
     text = describe_model(build_model(tiny_cfg("C4", "LN", None)))
     assert "res5 head (C4): LN x" in text
