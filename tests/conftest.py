@@ -149,3 +149,15 @@ def build_tiny_coco(root: Path) -> TinyCoco:
 @pytest.fixture
 def tiny_coco(tmp_path) -> TinyCoco:
     return build_tiny_coco(tmp_path / "tiny_coco")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests with one torch thread: the test machine's cores are shared,
+    and oversubscribed threads stall backward passes."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

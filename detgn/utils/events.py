@@ -15,6 +15,7 @@ over the iterations since the last write; the others (LR, AP) as their latest va
 from __future__ import annotations
 
 import abc
+import contextlib
 import datetime
 import json
 import logging
@@ -201,10 +202,9 @@ class JSONWriter(EventWriter):
             self._file = open(self.path, "a")
         self._file.write(_dumps({"iteration": iteration, **metrics}))
         self._file.flush()
-        try:
+        # Some file systems (pipes, fuse) cannot fsync; the flush is enough there.
+        with contextlib.suppress(OSError):
             os.fsync(self._file.fileno())
-        except OSError:
-            pass  # some file systems (pipes, fuse) cannot fsync; the flush is enough there
 
     def close(self):
         if self._file is not None:

@@ -11,13 +11,7 @@ from detgn.layers import Conv2d
 from detgn.modeling.backbone import FPN, BACKBONE_REGISTRY, LastLevelMaxPool, ResNet, build_backbone
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The test machine's cores are shared; one thread avoids oversubscription stalls.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 LEVELS = ["p2", "p3", "p4", "p5", "p6"]

@@ -16,13 +16,7 @@ from detgn.modeling.backbone import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The test machine's cores are shared; one thread avoids oversubscription stalls.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 STRIDES = {"stem": 4, "res2": 4, "res3": 8, "res4": 16, "res5": 32}
