@@ -46,6 +46,28 @@ def step_dataset(args) -> float:
     return time.time() - t0
 
 
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _processes_and_threads(procs: int) -> tuple:
+    """Training processes (gloo DDP, ``IMS_PER_GPU`` images each) and torch threads per process.
+
+    Two single-threaded processes train ~1.5x faster than one two-threaded process on
+    2 cores (the demo's small convs scale poorly across threads), so the default is 2
+    processes when there are at least 2 cores, sharing the cores between them. The
+    config's schedule is written for 2 processes; with 1 the linear scaling rule halves
+    the LR and doubles the iterations.
+    """
+    cores = _available_cores()
+    if procs <= 0:
+        procs = 2 if cores >= 2 else 1
+    return procs, max(1, cores // procs)
+
+
 def step_train(args) -> float:
     t0 = time.time()
     final = Path(args.output) / "model_final.pth"
@@ -53,8 +75,9 @@ def step_train(args) -> float:
     if final.is_file() and results.is_file() and not args.fresh:
         print(f"[demo] 2-3/4 train + evaluate: {final} and its results exist, kept (--fresh to retrain)", flush=True)
         return 0.0
+    procs, threads = _processes_and_threads(args.procs)
     cmd = [sys.executable, str(ROOT / "tools" / "train_net.py"), "--config", args.config,
-           "OUTPUT_DIR", args.output, *args.opts]
+           "--num-gpus", str(procs), "OUTPUT_DIR", args.output, "CPU.NUM_THREADS", str(threads), *args.opts]
     if not args.fresh and (Path(args.output) / "last_checkpoint").is_file():
         cmd.insert(4, "--resume")
     print("[demo] 2-3/4 train + evaluate:", " ".join(cmd), flush=True)
@@ -117,6 +140,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--num-vis", type=int, default=8, help="validation images to draw")
     ap.add_argument("--score-thresh", type=float, default=0.3, help="draw detections scoring at least this")
+    ap.add_argument("--procs", type=int, default=0,
+                    help="training processes (0: 2 when there are 2+ cores, else 1)")
     ap.add_argument("--fresh", action="store_true", help="retrain even if a finished run exists")
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of the demo config")
     args = ap.parse_args(argv)

@@ -263,7 +263,13 @@ _C.SOLVER.GAMMA = 0.1
 # Linear warmup from WARMUP_FACTOR x LR over WARMUP_ITERS iterations.
 _C.SOLVER.WARMUP_ITERS = 500
 _C.SOLVER.WARMUP_FACTOR = 1.0 / 3
+# "SGD" (momentum; what the paper and Detectron use) or "AdamW" (decoupled weight
+# decay; converges faster in very short from-scratch runs such as the CPU demo).
+_C.SOLVER.OPTIMIZER = "SGD"
+# SGD momentum (AdamW uses it as beta1).
 _C.SOLVER.MOMENTUM = 0.9
+# AdamW's beta2 (unused by SGD).
+_C.SOLVER.ADAM_BETA2 = 0.999
 # Weight decay of conv/fc weights.
 _C.SOLVER.WEIGHT_DECAY = 1e-4
 # Weight decay of every normalization layer's gamma and beta (GN, BN, LN, IN).

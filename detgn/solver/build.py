@@ -94,7 +94,7 @@ def format_param_groups(optimizer: torch.optim.Optimizer) -> str:
                 f"{sum(p.numel() for p in g['params']):,}",
                 f"{g.get('initial_lr', g['lr']):.6g}",
                 f"{g['weight_decay']:.3g}",
-                f"{g.get('momentum', 0.0):.3g}",
+                f"{g['momentum'] if 'momentum' in g else g.get('betas', (0.0,))[0]:.3g}",
             )
         )
     w = [max(len(r[i]) for r in rows) for i in range(len(header))]
@@ -103,8 +103,12 @@ def format_param_groups(optimizer: torch.optim.Optimizer) -> str:
     return "\n".join(lines)
 
 
-def build_optimizer(cfg, model: nn.Module, schedule: Schedule) -> torch.optim.SGD:
-    """SGD with momentum over :func:`get_param_groups`, at the resolved schedule's base LR."""
+_OPTIMIZERS = ("SGD", "AdamW")
+
+
+def build_optimizer(cfg, model: nn.Module, schedule: Schedule) -> torch.optim.Optimizer:
+    """``SOLVER.OPTIMIZER`` (SGD with momentum, or AdamW with beta1 = ``MOMENTUM``)
+    over :func:`get_param_groups`, at the resolved schedule's base LR."""
     s = cfg.SOLVER
     groups = get_param_groups(
         model,
@@ -119,4 +123,8 @@ def build_optimizer(cfg, model: nn.Module, schedule: Schedule) -> torch.optim.SG
             "The model has no trainable parameter (all requires_grad=False); "
             "check MODEL.BACKBONE.FREEZE_AT and the heads"
         )
-    return torch.optim.SGD(groups, lr=schedule.base_lr, momentum=s.MOMENTUM)
+    if s.OPTIMIZER == "SGD":
+        return torch.optim.SGD(groups, lr=schedule.base_lr, momentum=s.MOMENTUM)
+    if s.OPTIMIZER == "AdamW":
+        return torch.optim.AdamW(groups, lr=schedule.base_lr, betas=(s.MOMENTUM, s.ADAM_BETA2))
+    raise ValueError(f"SOLVER.OPTIMIZER is {s.OPTIMIZER!r}; use one of {', '.join(_OPTIMIZERS)}")

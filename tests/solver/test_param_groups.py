@@ -150,3 +150,34 @@ def test_detgn_conv_with_each_norm(norm):
     else:
         assert names["norm"] == {"0.norm.weight", "0.norm.bias"}
         assert groups["norm"]["weight_decay"] == 0.0
+
+
+def test_adamw_option_keeps_groups_and_decoupled_decay():
+    """SOLVER.OPTIMIZER AdamW: same groups/LRs, beta1 = MOMENTUM, and (decoupled) weight
+    decay still never touches norm parameters."""
+    cfg = get_cfg()
+    cfg.SOLVER.OPTIMIZER = "AdamW"
+    cfg.SOLVER.WEIGHT_DECAY = 0.1
+    cfg.SOLVER.WEIGHT_DECAY_BIAS = 0.1
+    model = ToyModel()
+    opt = build_optimizer(cfg, model, resolve_schedule(cfg, world_size=16))
+    assert isinstance(opt, torch.optim.AdamW)
+    assert all(g["betas"] == (0.9, cfg.SOLVER.ADAM_BETA2) for g in opt.param_groups)
+    assert {g["name"]: g["weight_decay"] for g in opt.param_groups}["norm"] == 0.0
+    assert format_param_groups(opt).splitlines()[-1].split()[-1] == "0.9"
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()  # zero gradients: only decoupled decay moves a parameter
+    for name, p in model.named_parameters():
+        if name.split(".")[0] in ("gn", "bn", "ln") or name.startswith("frozen"):
+            assert torch.equal(p, before[name]), name
+        elif before[name].abs().sum() > 0:
+            assert not torch.equal(p, before[name]), name
+
+
+def test_unknown_optimizer_is_a_clear_error():
+    cfg = get_cfg()
+    cfg.SOLVER.OPTIMIZER = "Adagrad"
+    with pytest.raises(ValueError, match="SOLVER.OPTIMIZER.*SGD, AdamW"):
+        build_optimizer(cfg, ToyModel(), resolve_schedule(cfg, world_size=16))

@@ -1,0 +1,43 @@
+"""tools/demo.py: how many training processes and threads the demo uses, and the command it runs."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def demo():
+    spec = importlib.util.spec_from_file_location("detgn_demo_tool", ROOT / "tools" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "cores, asked, expected",
+    [(1, 0, (1, 1)), (2, 0, (2, 1)), (8, 0, (2, 4)), (3, 0, (2, 1)), (8, 1, (1, 8)), (8, 4, (4, 2))],
+)
+def test_processes_and_threads(demo, monkeypatch, cores, asked, expected):
+    monkeypatch.setattr(demo, "_available_cores", lambda: cores)
+    assert demo._processes_and_threads(asked) == expected
+
+
+def test_train_command_launches_processes_with_threads(demo, monkeypatch, tmp_path):
+    """The train step runs train_net.py with --num-gpus and CPU.NUM_THREADS, and --resume
+    when a checkpoint pointer exists (so an interrupted demo continues)."""
+    monkeypatch.setattr(demo, "_available_cores", lambda: 2)
+    calls = []
+    monkeypatch.setattr(demo.subprocess, "run", lambda cmd, check: calls.append(cmd))
+    args = demo.argparse.Namespace(output=str(tmp_path), config="demo_gn_scratch", opts=["SEED", "3"], fresh=False, procs=0)
+    demo.step_train(args)
+    cmd = calls[-1]
+    assert cmd[cmd.index("--num-gpus") + 1] == "2"
+    assert cmd[cmd.index("CPU.NUM_THREADS") + 1] == "1"
+    assert "--resume" not in cmd and cmd[-2:] == ["SEED", "3"]
+    (tmp_path / "last_checkpoint").write_text("model_0000199.pth")
+    demo.step_train(args)
+    assert "--resume" in calls[-1]
