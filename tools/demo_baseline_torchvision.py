@@ -138,7 +138,7 @@ def train(model, data: CocoSplit, minutes: float, lr: float, ims_per_step: int, 
         total.backward()
         opt.step()
         it += 1
-        losses_hist.append({k: float(v) for k, v in losses.items()} | {"time": time.perf_counter() - t0})
+        losses_hist.append({k: v.item() for k, v in losses.items()} | {"time": time.perf_counter() - t0})
         if it % log_every == 0:
             recent = losses_hist[-log_every:]
             med = {k: float(np.median([r[k] for r in recent])) for k in recent[0]}

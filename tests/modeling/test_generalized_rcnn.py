@@ -185,3 +185,23 @@ def test_describe_model_reports_norms_and_freezing():
     assert "0 frozen" in text.splitlines()[-1]
     text = describe_model(build_model(tiny_cfg("C4", "LN", None)))
     assert "res5 head (C4): LN x" in text
+
+
+def test_class_agnostic_box_regression_and_mask():
+    """CLS_AGNOSTIC_BBOX_REG + CLS_AGNOSTIC_MASK: one box and one mask per RoI, trained and
+    used for every class at inference."""
+    from detector_testdata import train_steps
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg("FPN", "GN", "4conv1fc")
+    cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = True
+    cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK = True
+    model = build_model(cfg)
+    assert model.roi_heads.box_predictor.bbox_pred.out_features == 4
+    assert model.roi_heads.mask_head.mask_fcn_logits.out_channels == 1
+    batch = tiny_batch()
+    totals = train_steps(model, batch, steps=12, lr=0.02)
+    assert sum(totals[-4:]) < 0.95 * sum(totals[:4]), totals
+    model.eval()
+    with torch.no_grad():
+        check_predictions(model(batch), batch, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
