@@ -24,8 +24,6 @@ no decay (the run is cut by time, not iterations); GroupNorm with 32 groups
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import random
@@ -34,13 +32,18 @@ import time
 
 import cv2
 import numpy as np
-import pycocotools.mask as mask_util
 import torch
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 from torch import nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from detgn.evaluation.coco_evaluator import (  # noqa: E402
+    SUMMARY_METRICS,
+    encode_masks,
+    evaluate_predictions_on_coco,
+    load_coco_json,
+)
 
 
 def build_baseline(num_classes: int, min_size, max_size: int) -> nn.Module:
@@ -69,8 +72,7 @@ class CocoSplit:
     """Images and targets of one COCO-format split, as torchvision's detectors take them."""
 
     def __init__(self, root: str, split: str):
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.coco = COCO(os.path.join(root, "annotations", f"instances_{split}.json"))
+        self.coco = load_coco_json(os.path.join(root, "annotations", f"instances_{split}.json"))
         self.image_dir = os.path.join(root, split)
         self.cat_ids = sorted(self.coco.getCatIds())
         self.label_of = {c: i + 1 for i, c in enumerate(self.cat_ids)}
@@ -85,14 +87,12 @@ class CocoSplit:
         return torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])).permute(2, 0, 1).float() / 255.0
 
     def target(self, image_id: int):
-        info = self.coco.loadImgs(image_id)[0]
-        h, w = info["height"], info["width"]
         anns = [a for a in self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id)) if not a.get("iscrowd", 0)]
         anns = [a for a in anns if a["bbox"][2] > 1 and a["bbox"][3] > 1]
         if not anns:
             return None
         boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns])
-        masks = np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, h, w), np.uint8)
+        masks = np.stack([self.coco.annToMask(a) for a in anns])
         return {
             "boxes": boxes.float(),
             "labels": torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64),
@@ -160,35 +160,23 @@ def evaluate(model, data: CocoSplit, max_images: int = 0):
     for image_id in ids:
         out = model([data.image(image_id)])[0]
         boxes = out["boxes"].numpy()
-        masks = (out["masks"][:, 0] > 0.5).numpy().astype(np.uint8)
-        rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0))) if len(masks) else []
+        rles = encode_masks((out["masks"][:, 0] > 0.5).numpy()) if len(boxes) else []
         for k in range(len(boxes)):
             x0, y0, x1, y1 = boxes[k].tolist()
-            rle = rles[k]
-            rle["counts"] = rle["counts"].decode("ascii")
             results.append(
                 {
                     "image_id": image_id,
                     "category_id": inv[int(out["labels"][k])],
                     "bbox": [x0, y0, x1 - x0, y1 - y0],
                     "score": float(out["scores"][k]),
-                    "segmentation": rle,
+                    "segmentation": rles[k],
                 }
             )
     seconds = time.perf_counter() - start
     metrics = {}
     for task in ("bbox", "segm"):
-        if not results:
-            metrics[task] = {"AP": 0.0, "AP50": 0.0}
-            continue
-        with contextlib.redirect_stdout(io.StringIO()):
-            dt = data.coco.loadRes([dict(r) for r in results])
-            ev = COCOeval(data.coco, dt, task)
-            ev.params.imgIds = ids
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
-        metrics[task] = {k: 100 * float(ev.stats[i]) for i, k in enumerate(("AP", "AP50", "AP75", "APs", "APm", "APl"))}
+        scores = evaluate_predictions_on_coco(data.coco, results, task, img_ids=ids)
+        metrics[task] = {k: scores[k] for k in SUMMARY_METRICS}
     return metrics, seconds, len(ids)
 
 

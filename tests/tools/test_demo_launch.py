@@ -1,20 +1,12 @@
 """tools/demo.py: how many training processes and threads the demo uses, and the command it runs."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
-def demo():
-    spec = importlib.util.spec_from_file_location("detgn_demo_tool", ROOT / "tools" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def demo(tools_helpers):
+    return tools_helpers.load_tool("demo")
 
 
 @pytest.mark.parametrize(
