@@ -5,10 +5,14 @@
 
 Checks (the same rules ``load_coco_json`` applies, but listing all of them with ids):
 bad annotations by reason (missing keys, degenerate or out-of-image boxes, polygons
-with < 3 points or an odd number of coordinates, malformed RLE, unknown categories,
-annotations of missing images, duplicate annotation ids), invalid or duplicate image
-records, and image files that are missing, undecodable, or whose size differs from
-the JSON. Images without annotations are listed as information, not as problems.
+with < 3 distinct points or an odd number of coordinates, malformed RLE, unknown
+categories, annotations of missing images, duplicate annotation ids), invalid or
+duplicate image records, files with no ``annotations`` (image-info files such as
+``image_info_test2017.json``, which cannot be trained or evaluated on), and image files
+that are missing, undecodable, or whose size differs from the JSON. Images without
+annotations are listed as information, not as problems. The summary says which
+problems the default ``DATASETS.ON_BAD_ANNOTATION`` (drop_degenerate) drops or repairs
+by itself and which would stop loading.
 Exit code: 0 clean, 1 problems found, 2 the JSON itself cannot be read.
 """
 from __future__ import annotations
@@ -21,6 +25,7 @@ from multiprocessing import Pool
 from typing import List, Optional, Sequence, Tuple
 
 from detgn.data.coco import REASONS, CocoFormatError, read_coco_json, scan_coco
+from detgn.data.coco_checks import count_outcomes
 from detgn.data.mapper import ImageReadError, read_image
 
 # reason -> heading, for problems of the image files themselves.
@@ -75,8 +80,14 @@ def validate(json_file: str, image_root: str, *, check_files: bool = True, quick
           file=out)
 
     groups = defaultdict(list)
+    if not scan.has_annotations_key:
+        groups["files without annotations"].append(
+            "no 'annotations' key: an image-info file (like image_info_test2017.json), not an instances file; "
+            "it cannot be used to train or evaluate")
+    elif scan.num_annotations == 0:
+        groups["files without annotations"].append("'annotations' is empty: nothing to train or evaluate on")
     for p in scan.problems:
-        groups[REASONS[p.reason][2]].append(_strip_prefix(p.message, json_file))
+        groups[REASONS[p.reason].plural].append(_strip_prefix(p.message, json_file))
     if check_files:
         jobs = [(img["id"], os.path.join(image_root, img["file_name"]), img["height"], img["width"], quick)
                 for img in scan.images]
@@ -103,14 +114,30 @@ def validate(json_file: str, image_root: str, *, check_files: bool = True, quick
               f"filtered in training by DATALOADER.FILTER_EMPTY_ANNOTATIONS): image ids {shown}", file=out)
     if n_problems:
         counts = ", ".join(f"{len(v)} {k}" for k, v in groups.items())
-        print(f"SUMMARY: {n_problems} problem(s): {counts}. Fix them, or train with "
-              "DATASETS.ON_BAD_ANNOTATION skip (bad annotations dropped) and DATALOADER.MAX_BAD_IMAGES "
-              "(unreadable images skipped).", file=out)
+        print(f"SUMMARY: {n_problems} problem(s): {counts}.", file=out)
+        print(f"  {_policy_note(scan, groups)}", file=out)
         return 1
     kept = sum(len(v) for v in scan.annotations.values())
     files = "image files checked" if check_files else "image files NOT checked (--no-images)"
     print(f"SUMMARY: clean: {len(scan.images)} images, {kept} annotations, {files}.", file=out)
     return 0
+
+
+def _policy_note(scan, groups) -> str:
+    """What training with the default DATASETS.ON_BAD_ANNOTATION would do with these problems."""
+    n = count_outcomes(scan.problems)
+    stops = n["skipped"] + len(groups.get("files without annotations", []))
+    handled = (f"The default DATASETS.ON_BAD_ANNOTATION drop_degenerate drops {n['dropped']} annotation(s) that "
+               f"describe no object and repairs {n['repaired']} (boxes clipped to the image, degenerate polygon "
+               "parts removed) by itself, naming them in the log")
+    if stops:
+        handled += (f"; {stops} record(s) would stop loading: fix them, or train with DATASETS.ON_BAD_ANNOTATION "
+                    "skip (structurally bad records dropped too)")
+    files = sum(len(v) for k, v in groups.items() if k in FILE_REASONS.values())
+    if files:
+        handled += (f"; {files} image file problem(s): training skips unreadable files (each counted once, "
+                    "DATALOADER.MAX_BAD_IMAGES), evaluation stops on them")
+    return handled + "."
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

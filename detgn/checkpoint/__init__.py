@@ -11,6 +11,7 @@ from .checkpointer import (
     unwrap_model,
     verify_checkpoint,
 )
+from .safe_pickle import UnsafePickleError, load_safe_pickle
 from .weights import (
     WEIGHT_FORMATS,
     ConvertedWeights,
@@ -27,11 +28,13 @@ __all__ = [
     "CheckpointError",
     "ConvertedWeights",
     "ResumeState",
+    "UnsafePickleError",
     "WeightsReport",
     "atomic_write",
     "find_good_checkpoint",
     "is_trusted_zoo_file",
     "list_checkpoints",
+    "load_safe_pickle",
     "load_checkpoint_file",
     "load_weights",
     "register_weight_format",

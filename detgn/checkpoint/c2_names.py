@@ -39,7 +39,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import numpy as np
 import torch
 
-__all__ = ["C2Conversion", "convert_c2_blobs", "align_to_model", "rename_c2_blob"]
+__all__ = ["C2Conversion", "convert_c2_blobs", "align_to_model", "is_weight_array", "rename_c2_blob"]
 
 # Blobs that carry no model weights (ImageNet classifier, solver state, BN statistics
 # of a non-folded SpatialBN that Detectron never uses at fine-tuning).
@@ -107,6 +107,15 @@ def _rename_detection(name: str) -> Optional[str]:
     return None
 
 
+def is_weight_array(value: object) -> bool:
+    """A numpy array of numbers (bool, int, float): what a blob holding weights is.
+
+    Strings, numbers and object or string arrays next to the blobs (``"__author__"``,
+    ``"cfg"``) hold no weights.
+    """
+    return isinstance(value, np.ndarray) and value.dtype.kind in "biuf"
+
+
 def rename_c2_blob(name: str) -> Optional[str]:
     """The part-relative detgn name of one Detectron blob, or None if it is not one detgn knows."""
     return _rename_resnet(name) or _rename_detection(name)
@@ -131,7 +140,7 @@ class C2Conversion:
     tensors: Dict[str, torch.Tensor] = field(default_factory=dict)  # part-relative name -> tensor
     sources: Dict[str, str] = field(default_factory=dict)  # part-relative name -> Detectron blob
     unknown: List[str] = field(default_factory=list)  # blobs no rule recognises (or duplicates)
-    ignored: List[str] = field(default_factory=list)  # blobs without model weights (classifier, solver)
+    ignored: List[str] = field(default_factory=list)  # no model weights (classifier, solver, non-arrays)
 
 
 def convert_c2_blobs(blobs: Dict[str, np.ndarray], *, eps: float = 1e-5) -> C2Conversion:
@@ -143,18 +152,20 @@ def convert_c2_blobs(blobs: Dict[str, np.ndarray], *, eps: float = 1e-5) -> C2Co
             ``running_var = 1 - eps`` so that ``s / sqrt(var + eps) == s``.
 
     Returns:
-        a :class:`C2Conversion`; class-dependent predictor tensors already have the
-        background moved (``cls_score``) or dropped (``bbox_pred``, ``mask_fcn_logits``).
+        a :class:`C2Conversion`; entries that are not numeric arrays (strings, numbers,
+        object arrays) are listed as ignored. Class-dependent predictor tensors already
+        have the background moved (``cls_score``) or dropped (``bbox_pred``,
+        ``mask_fcn_logits``).
         The ``running_mean`` / ``running_var`` made for a ``_bn_s`` blob name it as source.
     """
     out = C2Conversion()
     for name, value in blobs.items():
         name = str(name)
-        if _IGNORED.match(name):
+        if _IGNORED.match(name) or not is_weight_array(value):  # also strings, object arrays
             out.ignored.append(name)
             continue
         new = rename_c2_blob(name)
-        if new is None or not isinstance(value, np.ndarray) or new in out.tensors:
+        if new is None or new in out.tensors:
             out.unknown.append(name)
             continue
         t = _move_background(new, torch.from_numpy(np.ascontiguousarray(value)).float())

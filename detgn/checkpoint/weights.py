@@ -6,10 +6,13 @@
   ``"model"``), a bare state dict, or a torchvision layout recognised by its keys
   (Mask R-CNN R50-FPN, ImageNet ResNet) and renamed (:mod:`.torchvision_names`);
 - ``.pkl``: a Detectron (Caffe2) file, ``{"blobs": {...}}`` or a bare blob dict of numpy
-  arrays, renamed by :mod:`.c2_names`. A pickle can run code when it is read, so a
-  ``.pkl`` is opened only when it is a model-zoo file whose sha256 was verified
-  against the catalog, or when the caller says so (``allow_pickle=True``,
-  ``MODEL.WEIGHTS_ALLOW_PICKLE True``).
+  arrays, renamed by :mod:`.c2_names`. It is always read with the restricted unpickler
+  of :mod:`.safe_pickle`, which rebuilds only dicts, strings, numbers and numpy arrays,
+  so no code from the file can run and no flag or pinned hash is needed (the model zoo
+  checks a download's sha256 where the catalog pins one: that is integrity, not what
+  makes the file safe to read). ``allow_pickle=True`` (``MODEL.WEIGHTS_ALLOW_PICKLE
+  True``) is only the escape hatch for a trusted file that the restricted unpickler
+  refuses: it is then read with full unpickling, with a warning.
 
 Part-relative names (ImageNet backbones, Detectron blobs) are placed with
 :func:`.c2_names.align_to_model`. When the file was trained for another number of
@@ -26,12 +29,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
-import numpy as np
 import torch
 from torch import nn
 
-from .c2_names import align_to_model, convert_c2_blobs
+from .c2_names import align_to_model, convert_c2_blobs, is_weight_array
 from .checkpointer import CheckpointError, load_checkpoint_file, unwrap_model
+from .safe_pickle import UnsafePickleError, load_safe_pickle
 from .torchvision_names import (
     convert_torchvision_maskrcnn,
     convert_torchvision_resnet,
@@ -161,7 +164,8 @@ class WeightsReport:
         if self.unused:
             lines.append("  unused (in the file, not in the model): " + _grouped(self.unused))
         if self.ignored:
-            lines.append("  ignored (no model weights: classifier, solver state): " + _grouped(self.ignored))
+            lines.append("  ignored (no model weights: classifier, solver state, non-array entries): "
+                         + _grouped(self.ignored))
         if self.dropped:
             lines.append("  not loaded (class count): " + ", ".join(
                 f"{k} file {tuple(a)} vs model {tuple(b)}" for k, a, b in self.dropped))
@@ -238,19 +242,26 @@ def _align(path: str, converted: Dict[str, torch.Tensor], own) -> Tuple[Dict[str
 
 
 def _read_pickle(path: str, allow_pickle: bool):
-    if not (allow_pickle or is_trusted_zoo_file(path)):
-        raise CheckpointError(
-            f"Refusing to unpickle {path}: a Detectron .pkl file is a Python pickle, and reading an "
-            "untrusted pickle can run arbitrary code. It is not a model-zoo download whose sha256 was "
-            "verified against the catalog (detgn.model_zoo.is_verified). If you trust this file, allow it "
-            f"explicitly: add MODEL.WEIGHTS_ALLOW_PICKLE True to the config or the command line (e.g. "
-            f"python tools/train_net.py --config NAME MODEL.WEIGHTS {path} MODEL.WEIGHTS_ALLOW_PICKLE True), "
-            f"or in Python call load_weights(model, {path!r}, allow_pickle=True). Zoo files given by "
-            "their detgn:// name are checked and need no flag."
-        )
+    """A ``.pkl`` through the restricted unpickler; with ``allow_pickle``, a file it refuses
+    is read again with full unpickling (trusted files only: that can run code)."""
     try:
-        with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")  # Detectron wrote them with Python 2
+        try:
+            return load_safe_pickle(path)  # latin1: Detectron wrote them with Python 2
+        except UnsafePickleError as e:
+            if not allow_pickle:
+                raise CheckpointError(
+                    f"{e} On the command line: python tools/train_net.py --config NAME MODEL.WEIGHTS {path} "
+                    "MODEL.WEIGHTS_ALLOW_PICKLE True. Nothing was loaded."
+                ) from None
+            logger.warning(
+                "%s asks for %s, which the restricted unpickler refuses; MODEL.WEIGHTS_ALLOW_PICKLE is True "
+                "(allow_pickle=True), so it is read with full unpickling, which runs any code it holds",
+                path, e.global_name or "a persistent id or extension code",
+            )
+            with open(path, "rb") as f:
+                return pickle.load(f, encoding="latin1")
+    except CheckpointError:
+        raise
     except Exception as e:  # EOFError, UnpicklingError, ValueError, ...: all mean a bad file
         raise CheckpointError(
             f"Cannot read the Detectron weights file {path} ({os.path.getsize(path)} bytes): it is "
@@ -266,10 +277,10 @@ def _load_c2_pkl(path: str, *, model: nn.Module, allow_pickle: bool) -> Converte
             return _load_pth(path, model=model, allow_pickle=allow_pickle)
     obj = _read_pickle(path, allow_pickle)
     blobs = obj.get("blobs", obj) if isinstance(obj, dict) else None
-    if not isinstance(blobs, dict) or not any(isinstance(v, np.ndarray) for v in blobs.values()):
+    if not isinstance(blobs, dict) or not any(is_weight_array(v) for v in blobs.values()):
         raise CheckpointError(
             f"{path} is not a Detectron weights file: expected {{'blobs': {{name: array}}}} or a dict of "
-            f"numpy arrays, got {type(obj).__name__}"
+            f"numeric numpy arrays, got {type(obj).__name__}"
             + (f" with keys {sorted(map(str, obj))[:10]}" if isinstance(obj, dict) else "")
         )
     conv = convert_c2_blobs(blobs)
@@ -338,6 +349,9 @@ def register_weight_format(suffix: str, loader: Callable[..., Union[Dict[str, to
 def is_trusted_zoo_file(path: str) -> bool:
     """True if ``path`` passed a model-zoo sha256 check and that hash is pinned in the catalog.
 
+    Kept as API for callers that want to know whether a file is a verified zoo file;
+    loading does not depend on it (a ``.pkl`` is always read with the restricted
+    unpickler, whatever its origin, and full unpickling needs ``allow_pickle``).
     :func:`detgn.model_zoo.is_verified` re-hashes the file against its ``<file>.sha256``
     sidecar; requiring the recorded hash to be one the catalog pins as well means a
     sidecar written next to some other file does not make it trusted.
@@ -357,21 +371,20 @@ def is_trusted_zoo_file(path: str) -> bool:
     return recorded in pinned
 
 
-def _resolve_weights(path_or_name: str, allow_pickle: bool) -> Tuple[str, bool]:
-    """Local path of the weights, and whether pickled content may be read from it."""
+def _resolve_weights(path_or_name: str) -> str:
+    """Local path of the weights (zoo names and URLs are downloaded, sha256 checked where pinned)."""
     if path_or_name.startswith("detgn://") or re.match(r"^https?://", path_or_name):
         # Lazily: the model zoo is optional at import time and may touch the network.
         from detgn.model_zoo import download
 
-        local = download(path_or_name)
-        return local, allow_pickle or is_trusted_zoo_file(local)
+        return download(path_or_name)
     path = os.path.expanduser(path_or_name)
     if not os.path.isfile(path):
         raise CheckpointError(
             f"Weights file {path_or_name!r} does not exist. Give a path to a .pth or Detectron .pkl "
             "file, a model-zoo name (detgn://...), or MODEL.WEIGHTS '' to train from scratch."
         )
-    return path, allow_pickle
+    return path
 
 
 # ---------------------------------------------------------------------------- #
@@ -400,18 +413,21 @@ def load_weights(model: nn.Module, path_or_name: str, *, allow_pickle: bool = Fa
         model: the model (DDP wrappers are unwrapped; a ``module.`` prefix in the file is stripped).
         path_or_name: a file whose suffix is in :data:`WEIGHT_FORMATS` (``.pth``, ``.pt``,
             Detectron ``.pkl``), or ``detgn://...`` / a URL resolved by :func:`detgn.model_zoo.download`.
-        allow_pickle: let loaders unpickle Python objects (trusted files only: unpickling
-            runs code). Model-zoo files whose sha256 matches the catalog count as trusted.
+        allow_pickle: let loaders fall back to full unpickling for a file their safe
+            reader refuses (``.pth``: ``weights_only``; ``.pkl``: the restricted unpickler
+            of :mod:`.safe_pickle`). Trusted files only: full unpickling runs code. Not
+            needed for Detectron ``.pkl`` weights or model-zoo files.
 
     Returns:
         a :class:`WeightsReport`, also logged.
 
     Raises:
-        CheckpointError: missing, corrupt or refused (pickle) file, unknown format, or a
-            shape mismatch outside the class-dependent predictor layers.
+        CheckpointError: missing, corrupt or refused (a pickle asking for more than
+            weights) file, unknown format, or a shape mismatch outside the
+            class-dependent predictor layers.
     """
     model = unwrap_model(model)
-    path, allow_pickle = _resolve_weights(path_or_name, allow_pickle)
+    path = _resolve_weights(path_or_name)
     suffix = os.path.splitext(path)[1].lower()
     loader = WEIGHT_FORMATS.get(suffix)
     if loader is None:

@@ -260,8 +260,11 @@ def validate_config(cfg: CN) -> None:
             node = node[p]
         if node not in norms:
             raise ConfigError(f"{key} = {node!r}; choose one of {sorted(norms)}")
-    if cfg.DATASETS.ON_BAD_ANNOTATION not in ("error", "skip"):
-        raise ConfigError("DATASETS.ON_BAD_ANNOTATION must be 'error' or 'skip'")
+    if cfg.DATASETS.ON_BAD_ANNOTATION not in ("drop_degenerate", "error", "skip"):
+        raise ConfigError(
+            f"DATASETS.ON_BAD_ANNOTATION must be 'drop_degenerate' (default), 'error' or 'skip', "
+            f"got {cfg.DATASETS.ON_BAD_ANNOTATION!r}"
+        )
     if cfg.SOLVER.ON_SCHEDULE_CHANGE not in ("apply", "refuse"):
         raise ConfigError("SOLVER.ON_SCHEDULE_CHANGE must be 'apply' or 'refuse'")
     if cfg.SOLVER.IMS_PER_GPU < 1:

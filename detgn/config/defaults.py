@@ -25,9 +25,11 @@ _C.MODEL.DEVICE = "cpu"
 # Weights to start from: a path, a URL or a model-zoo name
 # ("detgn://ImageNetPretrained/R-50-GN"). "" trains from scratch.
 _C.MODEL.WEIGHTS = ""
-# Let MODEL.WEIGHTS be unpickled (Detectron .pkl, .pth files holding Python objects)
-# when it is not a model-zoo file with a verified sha256. Unpickling can run
-# arbitrary code: set True only for files you trust.
+# Not needed for Detectron .pkl weights (read with a restricted unpickler that only
+# rebuilds dicts, strings, numbers and numpy arrays) nor for .pth state dicts (read
+# with torch.load(weights_only=True)). True is the escape hatch for a file that those
+# safe readers refuse because it holds other Python objects: it is then read with full
+# unpickling, which can run arbitrary code. Set True only for files you trust.
 _C.MODEL.WEIGHTS_ALLOW_PICKLE = False
 # Per-channel mean and std of the input, in the order of INPUT.FORMAT. Detectron's
 # BGR means and a std of 1 (no division), matching Caffe2 pre-trained models.
@@ -222,10 +224,16 @@ _C.DATASETS = CN()
 # Names registered in detgn.data.DatasetCatalog.
 _C.DATASETS.TRAIN = ("coco_2017_train",)
 _C.DATASETS.TEST = ("coco_2017_val",)
-# What to do with a bad annotation (degenerate or out-of-image box, invalid
-# polygon, unknown category): "error" stops with the record named, "skip"
-# drops it, counts it and summarises the counts in the log.
-_C.DATASETS.ON_BAD_ANNOTATION = "error"
+# What to do with bad annotations (detgn/data/coco_checks.py). "drop_degenerate":
+# annotations that describe no object (zero-size box, box with no area in the
+# image, polygons with < 3 distinct points or no area) are dropped, boxes reaching
+# outside the image clipped, degenerate parts of multi-polygon masks removed, all
+# counted and named by annotation id in one log line; structural problems (unknown
+# category, image id missing from 'images', malformed fields, duplicate ids) stop
+# loading with the record named. The real COCO 2017 train file has two zero-height
+# boxes, dropped here as Detectron/detectron2/mmdetection do. "error": any problem
+# stops loading. "skip": structurally bad annotations are dropped (counted) too.
+_C.DATASETS.ON_BAD_ANNOTATION = "drop_degenerate"
 
 # ---------------------------------------------------------------------------- #
 # Data loader

@@ -71,14 +71,15 @@ def _has_usable_annotation(record: dict) -> bool:
 
 
 def get_detection_dataset_dicts(
-    names: Union[str, Sequence[str]], *, filter_empty: bool = True, on_bad: str = "error"
+    names: Union[str, Sequence[str]], *, filter_empty: bool = True, on_bad: str = "drop_degenerate"
 ) -> List[dict]:
     """Records of one or more registered datasets, concatenated.
 
     Args:
         names: dataset name(s) registered in ``DatasetCatalog``.
         filter_empty: drop images without a non-crowd annotation (logs how many).
-        on_bad: passed to datasets that validate annotations ("error" or "skip").
+        on_bad: passed to datasets that validate annotations (``DATASETS.ON_BAD_ANNOTATION``:
+            "drop_degenerate", "error" or "skip"; see :mod:`detgn.data.coco`).
     """
     if isinstance(names, str):
         names = [names]

@@ -206,7 +206,7 @@ def register_coco_instances(name: str, json_file: PathLike, image_root: PathLike
             resolved at every lookup).
         image_root: the folder the JSON's ``file_name`` entries are relative to.
 
-    ``DatasetCatalog.get(name, on_bad="error"|"skip")`` loads and validates it with
+    ``DatasetCatalog.get(name, on_bad="drop_degenerate"|"error"|"skip")`` loads and validates it with
     :func:`detgn.data.coco.load_coco_json`. Its metadata: ``json_file``, ``image_root``,
     ``evaluator_type = "coco"``, and ``thing_classes``, ``thing_dataset_id_to_contiguous_id``,
     ``contiguous_id_to_dataset_id`` read from the JSON's categories (sorted by id).
@@ -223,7 +223,7 @@ def _register_coco(
     # Imported here: coco.py imports this module for metadata.
     from .coco import load_coco_categories, load_coco_json
 
-    def load(on_bad: str = "error") -> List[dict]:
+    def load(on_bad: str = "drop_degenerate") -> List[dict]:
         # A missing built-in set is the usual first-run problem: say where it was
         # looked for and how to get it instead of a bare "file not found".
         if missing_hint is not None and not os.path.isfile(json_fn()):

@@ -125,8 +125,9 @@ class Trainer:
     def resume_or_load(self, weights: str = "", *, resume: bool, allow_pickle: bool = False) -> int:
         """Restore the newest good checkpoint (``resume``) or load ``weights``; returns the start iteration.
 
-        ``allow_pickle`` (``MODEL.WEIGHTS_ALLOW_PICKLE``) lets ``weights`` be unpickled when it
-        is not a verified model-zoo file (see :func:`detgn.checkpoint.load_weights`).
+        ``allow_pickle`` (``MODEL.WEIGHTS_ALLOW_PICKLE``) lets a file that the safe readers refuse
+        (``weights_only`` for ``.pth``, the restricted unpickler for Detectron ``.pkl``) be read
+        with full unpickling (see :func:`detgn.checkpoint.load_weights`).
         """
         if self.checkpointer is None:
             raise RuntimeError("resume_or_load needs the Trainer to be given a checkpointer")

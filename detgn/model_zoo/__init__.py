@@ -2,8 +2,10 @@
 
 ``download("detgn://ImageNetPretrained/R-50-GN")`` returns a local path (cache in
 ``DETGN_CACHE``, offline mirror in ``DETGN_MODEL_ZOO_MIRROR``, server in
-``DETGN_MODEL_ZOO_URL``); ``is_verified(path)`` says whether it passed a sha256 check
-(pickle loaders refuse unverified ``.pkl`` files unless told otherwise).
+``DETGN_MODEL_ZOO_URL``), checking its sha256 where the catalog pins one;
+``is_verified(path)`` says whether it passed such a check. Loading does not depend on
+it: ``.pkl`` weights are always read with a restricted unpickler (no code from the
+file runs), verified or not.
 """
 from .catalog import (
     MODEL_ZOO,

@@ -11,17 +11,21 @@ The same relative path locates the file in the cache (``DETGN_CACHE``) and in an
 offline mirror folder (``DETGN_MODEL_ZOO_MIRROR``), so a mirror is simply a copy of
 the server's tree.
 
-Entries with ``"sha256": None`` are *unpinned*: their files download but are not
-marked verified, so a pickle loader refuses them unless told otherwise. The four
-ImageNet backbones below are Detectron's public files; their hashes were not
-available when this catalog was written (no network). Pin them from a machine with
-network access::
+Entries with ``"sha256": None`` are *unpinned*: their files download without an
+integrity check and are not marked verified. They still load: a Detectron ``.pkl`` is
+always read with the restricted unpickler of :mod:`detgn.checkpoint.safe_pickle`
+(dicts, strings, numbers and numpy arrays only, so no code from the file runs), pinned
+or not; a pinned sha256 adds a check that the bytes are the published ones (a
+corrupted or substituted download is rejected). The four ImageNet backbones below are
+Detectron's public files; their hashes were not available when this catalog was
+written (no network). Pin them from a machine with network access::
 
-    python -m detgn.model_zoo fetch detgn://ImageNetPretrained/R-50-GN   # prints sha256 and size
+    python -m detgn.model_zoo fetch detgn://ImageNetPretrained/R-50-GN
 
-and copy the printed values into the entry. Trained detgn weights
-(``<config>/model_final``) are added here when they have been trained and uploaded
-under the base URL; no entry is listed for a file that does not exist yet.
+which prints the ``"sha256": ..., "size": ...`` lines to paste into the entry.
+Trained detgn weights (``<config>/model_final``) are added here when they have been
+trained and uploaded under the base URL; no entry is listed for a file that does not
+exist yet.
 """
 from __future__ import annotations
 

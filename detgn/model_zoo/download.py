@@ -13,8 +13,8 @@
    place, so the final path never holds a partial or unverified file.
 
 After a successful check against a known sha256 a ``<file>.sha256`` sidecar is
-written; :func:`is_verified` tells a pickle loader whether a file passed such a
-check. Processes downloading the same file (one per GPU) serialise on a lock file
+written; :func:`is_verified` tells whether a file passed such a check (integrity:
+reading a ``.pkl`` is made safe by the restricted unpickler, not by the hash). Processes downloading the same file (one per GPU) serialise on a lock file
 and all but the first find it in the cache.
 """
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """Detectron (Caffe2) .pkl weights: built here from detgn models' own random weights with
 Detectron's blob names (an independent reverse mapping: detgn key -> blob name, background
 class inserted first, FrozenBN folded to ``_bn_s``/``_bn_b``), pickled, loaded back with
-``load_weights`` and compared tensor by tensor and output by output."""
+``load_weights`` and compared tensor by tensor and output by output. No test needs
+``allow_pickle``: .pkl files are read with the restricted unpickler (test_safe_pickle.py),
+except the one that shows the escape hatch."""
+import collections
 import hashlib
 import os
 import pickle
@@ -20,6 +23,7 @@ from detgn.layers import FrozenBatchNorm2d
 from detgn.modeling import build_model
 from detgn.modeling.proposal_generator.anchors import generate_cell_anchors
 from detgn.structures import Boxes
+from py2_cpickle import py2_dumps
 
 torch.set_num_threads(1)
 
@@ -172,7 +176,7 @@ def test_imagenet_r50_gn_into_fpn_gn_long(tmp_path, fpn_gn_src, capsys):
     blobs["pred_b"] = np.zeros(10, np.float32)
     path = write_pkl(tmp_path / "R-50-GN.pkl", blobs)
     dst = build("gn_paper/fpn_gn_long.yaml", seed=2)
-    report = load_weights(dst, path, allow_pickle=True)
+    report = load_weights(dst, path)
     print(report)
 
     trunk = [k for k in dst.state_dict() if k.startswith("backbone.bottom_up.")]
@@ -201,13 +205,13 @@ def test_bnstar_r50_folded_into_frozen_bn(tmp_path):
     assert "res_conv1_bn_s" in blobs and "res3_0_branch1_bn_b" in blobs and not any("running" in k for k in blobs)
     dst = build("gn_paper/mask_rcnn_R_50_FPN_BNstar_2x.yaml", seed=4)
     (tmp_path / "MSRA").mkdir()
-    report = load_weights(dst, write_pkl(tmp_path / "MSRA" / "R-50.pkl", blobs, wrap=False), allow_pickle=True)
+    report = load_weights(dst, write_pkl(tmp_path / "MSRA" / "R-50.pkl", blobs, wrap=False))
     assert report.unused == [] and len(report.loaded) == sum(k.startswith("backbone.bottom_up.") for k in dst.state_dict())
     # The zoo's BN* files are MSRA's (stride on the 1x1 conv): the shipped BN* config says so,
     # and a config striding on the 3x3 is told.
     assert report.notes == []
     strided_3x3 = build("gn_paper/mask_rcnn_R_50_FPN_BNstar_2x.yaml", "MODEL.RESNETS.STRIDE_IN_1X1", "False")
-    notes = load_weights(strided_3x3, report.source, allow_pickle=True).notes
+    notes = load_weights(strided_3x3, report.source).notes
     assert len(notes) == 1 and "MODEL.RESNETS.STRIDE_IN_1X1 True" in notes[0]
 
     src_mods = dict(src.named_modules())
@@ -243,7 +247,7 @@ def test_fpn_gn_detection_checkpoint_all_parts(tmp_path, fpn_gn_src):
         assert name in blobs, name
     assert blobs["cls_score_w"].shape == (81, 1024) and blobs["bbox_pred_w"].shape == (324, 1024)
     dst = build("gn_paper/fpn_gn_long.yaml", seed=5)
-    report = load_weights(dst, write_pkl(tmp_path / "model_final.pkl", blobs), allow_pickle=True)
+    report = load_weights(dst, write_pkl(tmp_path / "model_final.pkl", blobs))
     assert report.missing == [] and report.unused == [] and report.dropped == []
     assert len(report.loaded) == len(dst.state_dict()) == 223
     assert_loaded_equal(fpn_gn_src, dst, report.loaded)
@@ -256,7 +260,7 @@ def test_c4_detection_checkpoint_res5_in_head(tmp_path):
     assert {"conv_rpn_w", "rpn_cls_logits_b", "rpn_bbox_pred_w", "res5_2_branch2c_bn_s", "res4_5_branch2c_w"} <= set(blobs)
     assert blobs["rpn_cls_logits_w"].shape[0] == 15  # 3 ratios x 5 sizes, ratio-major in both
     dst = build("gn_paper/mask_rcnn_R_50_C4_BNstar_2x.yaml", seed=7)
-    report = load_weights(dst, write_pkl(tmp_path / "c4.pkl", blobs), allow_pickle=True)
+    report = load_weights(dst, write_pkl(tmp_path / "c4.pkl", blobs))
     assert report.missing == [] and report.unused == []
     assert any(k.startswith("roi_heads.res5.2.conv3.norm.") for k in report.loaded)
     exact = [k for k in report.loaded if ".norm." not in k]
@@ -284,7 +288,7 @@ def test_class_count_mismatch_drops_predictor_layers(tmp_path, caplog):
     dst = build("gn_paper/fpn_gn_long.yaml", *SMALL, "MODEL.ROI_HEADS.NUM_CLASSES", "8", seed=9)
     before = {k: v.clone() for k, v in dst.state_dict().items()}
     with caplog.at_level("WARNING", logger="detgn"):
-        report = load_weights(dst, write_pkl(tmp_path / "coco.pkl", blobs), allow_pickle=True)
+        report = load_weights(dst, write_pkl(tmp_path / "coco.pkl", blobs))
     msg = "checkpoint has 80 classes, model 8: predictor layers not loaded"
     assert msg in caplog.text and msg in str(report)
     dropped = sorted(k for k, _, _ in report.dropped)
@@ -304,7 +308,7 @@ def test_shape_mismatch_elsewhere_is_an_error(tmp_path):
     before = {k: v.clone() for k, v in dst.state_dict().items()}
     path = write_pkl(tmp_path / "fc1024.pkl", detectron_blobs(src))
     with pytest.raises(CheckpointError) as e:
-        load_weights(dst, path, allow_pickle=True)
+        load_weights(dst, path)
     msg = str(e.value)
     print(msg)
     assert "roi_heads.box_head.fc6.weight: file (128, 3136) vs model (96, 3136)" in msg
@@ -324,27 +328,91 @@ class _Boom:
         return (open, (self.marker, "w"))
 
 
-def test_unverified_pkl_is_refused_without_the_flag(tmp_path):
+def test_pkl_asking_for_code_is_refused_and_nothing_loaded(tmp_path):
     marker = tmp_path / "unpickled_marker"
     path = tmp_path / "evil.pkl"
+    blobs = {"conv1_w": np.zeros((64, 3, 7, 7), np.float32)}
     with open(path, "wb") as f:
-        pickle.dump({"blobs": {"conv1_w": np.zeros((64, 3, 7, 7), np.float32)}, "x": _Boom(str(marker))}, f)
+        pickle.dump({"blobs": blobs, "x": _Boom(str(marker))}, f)
     model = build("gn_paper/fpn_gn_long.yaml", *SMALL)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # A sidecar with the file's hash changes nothing: what is read is decided by the content.
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    (tmp_path / "evil.pkl.sha256").write_text(f"{digest}  evil.pkl\n")
     with pytest.raises(CheckpointError) as e:
         load_weights(model, str(path))
     msg = str(e.value)
     print(msg)
-    assert str(path) in msg and "MODEL.WEIGHTS_ALLOW_PICKLE True" in msg and "allow_pickle=True" in msg
-    assert not marker.exists()  # refused before reading a byte of it
-    # A sidecar written next to it does not help: its hash is not one the zoo catalog pins.
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    (tmp_path / "evil.pkl.sha256").write_text(f"{digest}  evil.pkl\n")
-    with pytest.raises(CheckpointError, match="Refusing to unpickle"):
-        load_weights(model, str(path))
-    assert not marker.exists()
+    assert f"Refusing to unpickle {path}: it asks for the Python global 'io.open'" in msg
+    assert "only holds dicts, strings, numbers and numpy arrays" in msg
+    assert "MODEL.WEIGHTS_ALLOW_PICKLE True" in msg and "allow_pickle=True" in msg and ".pth" in msg
+    assert "Nothing was loaded" in msg
+    assert not marker.exists()  # the payload never ran
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
 
 
-def test_verified_zoo_pkl_loads_without_the_flag(tmp_path, monkeypatch):
+def test_python2_detectron_pkl_loads_without_the_flag(tmp_path):
+    """What Detectron wrote (Python 2 cPickle, protocol 2, array data as Python 2 str), with
+    string entries next to the blobs: loads with no flag, bit-exact, strings ignored."""
+    src = build("gn_paper/fpn_gn_long.yaml", *SMALL, seed=17)
+    blobs = detectron_blobs(src, only="backbone.bottom_up.")
+    py2_blobs = {k.encode(): v for k, v in blobs.items()}  # Python 2 str keys
+    py2_blobs[b"__author__"] = b"Kaiming He, Ren\xe9"
+    py2_blobs[b"__version__"] = 1
+    path = tmp_path / "R-18-GN.pkl"
+    path.write_bytes(py2_dumps({b"blobs": py2_blobs, b"cfg": b"MODEL:\n  TYPE: generalized_rcnn\n"}))
+    assert b"cnumpy.core.multiarray\n_reconstruct\n" in path.read_bytes()
+
+    dst = build("gn_paper/fpn_gn_long.yaml", *SMALL, seed=18)
+    report = load_weights(dst, str(path))
+    trunk = [k for k in dst.state_dict() if k.startswith("backbone.bottom_up.")]
+    assert report.loaded == trunk and report.unused == []
+    assert sorted(report.ignored) == ["__author__", "__version__"]
+    assert "2 ignored" in str(report)
+    assert_loaded_equal(src, dst, trunk)
+    sd = dst.state_dict()
+    assert len(blobs) == len(trunk)
+    for name, arr in blobs.items():  # against the file's own arrays (GN: no folding, no background)
+        (key,) = [k for k in trunk if k.endswith("." + rename_c2_blob(name))]
+        assert torch.equal(sd[key], torch.from_numpy(arr)), name
+
+
+def test_non_weight_entries_are_ignored(tmp_path):
+    src = build("gn_paper/fpn_gn_long.yaml", *SMALL, seed=19)
+    blobs = detectron_blobs(src, only="backbone.bottom_up.")
+    extra = {"__author__": "Detectron", "note": np.array(["text"]), "objs": np.array([{"a": 1}, None], dtype=object),
+             "iter": np.float32(3), "conv1_b": "not an array"}
+    path = write_pkl(tmp_path / "w.pkl", {**blobs, **extra})
+    dst = build("gn_paper/fpn_gn_long.yaml", *SMALL, seed=20)
+    report = load_weights(dst, path)
+    assert sorted(report.ignored) == sorted(extra) and report.unused == []
+    assert_loaded_equal(src, dst, report.loaded)
+    only_text = write_pkl(tmp_path / "t.pkl", extra)
+    with pytest.raises(CheckpointError, match="not a Detectron weights file"):
+        load_weights(dst, only_text)
+
+
+def test_allow_pickle_reads_a_trusted_pkl_the_restricted_unpickler_refuses(tmp_path, caplog):
+    src = build("gn_paper/fpn_gn_long.yaml", *SMALL, seed=21)
+    blobs = detectron_blobs(src, only="backbone.bottom_up.")
+    path = tmp_path / "with_stats.pkl"
+    with open(path, "wb") as f:  # harmless, but not what a weights file holds
+        pickle.dump({"blobs": blobs, "stats": collections.Counter(images=118287)}, f, protocol=2)
+    dst = build("gn_paper/fpn_gn_long.yaml", *SMALL, seed=22)
+    with pytest.raises(CheckpointError, match="'collections.Counter'"):
+        load_weights(dst, str(path))
+    with caplog.at_level("WARNING", logger="detgn"):
+        report = load_weights(dst, str(path), allow_pickle=True)
+    assert "collections.Counter" in caplog.text and "full unpickling" in caplog.text
+    assert report.loaded == [k for k in dst.state_dict() if k.startswith("backbone.bottom_up.")]
+    assert_loaded_equal(src, dst, report.loaded)
+
+
+@pytest.mark.parametrize("pinned", [True, False], ids=["pinned", "unpinned"])
+def test_zoo_pkl_loads_without_the_flag(tmp_path, monkeypatch, pinned):
+    """A zoo .pkl loads with no flag whether or not the catalog pins its sha256; the hash,
+    where pinned, is checked (integrity) but is not what makes the file readable."""
     import detgn.model_zoo as zoo
 
     src = build("gn_paper/fpn_gn_long.yaml", *SMALL, seed=12)
@@ -352,24 +420,31 @@ def test_verified_zoo_pkl_loads_without_the_flag(tmp_path, monkeypatch):
     rel = "ImageNetPretrained/test/R-18-GN.pkl"
     mirror = tmp_path / "mirror"
     (mirror / os.path.dirname(rel)).mkdir(parents=True)
-    write_pkl(mirror / rel, blobs, protocol=2)  # exactly what Detectron wrote
+    write_pkl(mirror / rel, blobs, protocol=2)
     digest = hashlib.sha256((mirror / rel).read_bytes()).hexdigest()
     monkeypatch.setenv("DETGN_MODEL_ZOO_MIRROR", str(mirror))
     monkeypatch.setenv("DETGN_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("DETGN_MODEL_ZOO_URL", "http://127.0.0.1:9/unreachable/")
-    monkeypatch.setitem(zoo.MODEL_ZOO, "ImageNetPretrained/test/R-18-GN", {"path": rel, "sha256": digest, "size": None})
+    monkeypatch.setitem(zoo.MODEL_ZOO, "ImageNetPretrained/test/R-18-GN",
+                        {"path": rel, "sha256": digest if pinned else None, "size": None})
 
     dst = build("gn_paper/fpn_gn_long.yaml", *SMALL, seed=13)
     report = load_weights(dst, "detgn://ImageNetPretrained/test/R-18-GN")
     cached = tmp_path / "cache" / rel
-    assert zoo.is_verified(str(cached)) and (tmp_path / "cache" / (rel + ".sha256")).is_file()
+    assert zoo.is_verified(str(cached)) is pinned
     assert len(report.loaded) == sum(k.startswith("backbone.bottom_up.") for k in dst.state_dict())
     assert_loaded_equal(src, dst, report.loaded)
-    # The verified cached file given by its path is trusted too; a copy without the check is not.
+    # The cached file by its path, or any copy of it, loads the same way.
     assert load_weights(dst, str(cached)).loaded == report.loaded
     shutil.copy(cached, tmp_path / "copy.pkl")
-    with pytest.raises(CheckpointError, match="Refusing to unpickle"):
-        load_weights(dst, str(tmp_path / "copy.pkl"))
+    assert load_weights(dst, str(tmp_path / "copy.pkl")).loaded == report.loaded
+    if pinned:  # integrity: a corrupted mirror copy is rejected before anything is unpickled
+        from detgn.model_zoo import ChecksumError
+
+        cached.unlink()
+        (mirror / rel).write_bytes(b"\x80\x02" + (mirror / rel).read_bytes()[2:-1] + b"!")
+        with pytest.raises(ChecksumError):
+            load_weights(dst, "detgn://ImageNetPretrained/test/R-18-GN")
 
 
 def test_truncated_pkl_is_a_clear_error(tmp_path):
@@ -378,14 +453,15 @@ def test_truncated_pkl_is_a_clear_error(tmp_path):
     write_pkl(path, detectron_blobs(src, only="backbone.bottom_up."))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError) as e:
-        load_weights(src, str(path), allow_pickle=True)
-    msg = str(e.value)
-    print(msg)
-    assert str(path) in msg and "truncated" in msg and "Download it again" in msg
+    for allow in (False, True):
+        with pytest.raises(CheckpointError) as e:
+            load_weights(src, str(path), allow_pickle=allow)
+        msg = str(e.value)
+        print(msg)
+        assert str(path) in msg and "truncated" in msg and "Download it again" in msg
     path.write_bytes(pickle.dumps(["not", "blobs"], protocol=2))
     with pytest.raises(CheckpointError, match="not a Detectron weights file"):
-        load_weights(src, str(path), allow_pickle=True)
+        load_weights(src, str(path))
 
 
 def test_blob_renaming_rules():
@@ -441,6 +517,6 @@ def test_norm_kind_mismatch_is_noted(tmp_path):
     gn = build("gn_paper/fpn_gn_long.yaml", *SMALL, seed=15)
     path = write_pkl(tmp_path / "R-18-GN.pkl", detectron_blobs(gn, only="backbone.bottom_up."))
     bn = build("gn_paper/mask_rcnn_R_50_FPN_BNstar_2x.yaml", *SMALL, seed=16)
-    report = load_weights(bn, path, allow_pickle=True)
+    report = load_weights(bn, path)
     assert len(report.notes) == 1 and "get a GN scale/bias from the file but are FrozenBatchNorm2d" in report.notes[0]
     assert any(k.endswith("running_var") for k in report.missing)  # GN files have no BN statistics

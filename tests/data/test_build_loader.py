@@ -166,14 +166,22 @@ def test_dataset_dicts_on_bad_and_concatenation(tiny_coco, tiny_name):
     register_coco_instances(name, tiny_coco.write(data), tiny_coco.image_root)
     try:
         with pytest.raises(ValueError, match="degenerate|zero or negative"):
-            get_detection_dataset_dicts(name)
-        skipped = get_detection_dataset_dicts(name, on_bad="skip", filter_empty=False)
-        assert sum(len(r["annotations"]) for r in skipped) == 7
+            get_detection_dataset_dicts(name, on_bad="error")
+        for on_bad in ("drop_degenerate", "skip"):  # the default drops a box without area
+            kept = get_detection_dataset_dicts(name, on_bad=on_bad, filter_empty=False)
+            assert sum(len(r["annotations"]) for r in kept) == 7
+        data["annotations"][0]["category_id"] = 99  # structural: stops the default, skip drops it
+        register_coco_instances(name + "_cat", tiny_coco.write(data, "cat.json"), tiny_coco.image_root)
+        with pytest.raises(ValueError, match="category_id 99"):
+            get_detection_dataset_dicts(name + "_cat")
+        assert sum(len(r["annotations"]) for r in get_detection_dataset_dicts(
+            name + "_cat", on_bad="skip", filter_empty=False)) == 7
         both = get_detection_dataset_dicts([tiny_name, name], on_bad="skip")
         assert len(both) == 10
     finally:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
+        for n in (name, name + "_cat"):
+            DatasetCatalog.remove(n)
+            MetadataCatalog.remove(n)
 
 
 def test_datasets_with_different_classes_are_refused(tiny_coco, tiny_name):

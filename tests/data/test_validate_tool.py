@@ -61,10 +61,10 @@ def test_every_problem_reported(tool, tiny_coco, options):
     code, text = _run(tool, path, tiny_coco.image_root, options)
     assert code == 1, text
     expected = [
-        "degenerate boxes (2):",
+        "degenerate boxes (no area in the image) (2):",
         "annotation id 2 (image id 101)",
         "annotation id 7 (image id 106)",
-        "polygons with < 3 points (1):",
+        "segmentations without a polygon of >= 3 distinct, non-collinear points (1):",
         "annotation id 6 (image id 105)",
         "duplicate annotation ids (1):",
         "annotation id 5 (image id 106)",
@@ -76,6 +76,10 @@ def test_every_problem_reported(tool, tiny_coco, options):
         "image files whose size differs from the JSON (1):",
         "96x64 (width x height) but the JSON says 96x63",
         "SUMMARY: 8 problem(s)",
+        # What the default policy does with them: 3 dropped, 2 structural (duplicate ids) stop loading.
+        "drop_degenerate drops 3 annotation(s) that describe no object and repairs 0",
+        "2 record(s) would stop loading",
+        "3 image file problem(s)",
     ]
     for words in expected:
         assert words in text, f"missing {words!r} in:\n{text}"
@@ -97,5 +101,19 @@ def test_command_line_exit_codes(tool, tiny_coco, capsys):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     bad = subprocess.run([sys.executable, str(TOOL), "--json", path, "--images", tiny_coco.image_root, "--no-images"],
                          capture_output=True, text=True, env=env, timeout=120)
-    assert bad.returncode == 1 and "degenerate boxes (2)" in bad.stdout, bad.stdout + bad.stderr
+    assert bad.returncode == 1 and "degenerate boxes (no area in the image) (2)" in bad.stdout, bad.stdout + bad.stderr
     assert "missing image files" not in bad.stdout  # --no-images
+
+
+def test_image_info_file_and_real_coco_records_are_named(tool, tiny_coco):
+    data = tiny_coco.data
+    del data["annotations"]  # like image_info_test2017.json
+    code, text = _run(tool, tiny_coco.write(data, "info.json"), tiny_coco.image_root, {"check_files": False})
+    assert code == 1 and "no 'annotations' key: an image-info file" in text and "1 record(s) would stop loading" in text, text
+    data = tiny_coco.data
+    data["annotations"].append(
+        {"segmentation": [[4.65, 38.33, 4.65, 38.33, 5.68, 38.33, 5.68, 38.33]], "area": 0.0, "iscrowd": 0,
+         "image_id": 101, "bbox": [4.65, 38.33, 1.03, 0.0], "category_id": 3, "id": 918})
+    code, text = _run(tool, tiny_coco.write(data, "zero.json"), tiny_coco.image_root)
+    assert code == 1 and "annotation id 918 (image id 101): bbox [4.65, 38.33, 1.03, 0.0]" in text, text
+    assert "drops 1 annotation(s)" in text and "would stop loading" not in text, text
