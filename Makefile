@@ -18,6 +18,7 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 test: $(STAMP)
+	@$(PY) -c "import platform, torch, torchvision; print(f'Testing with torch {torch.__version__}, torchvision {torchvision.__version__}, Python {platform.python_version()}')"
 	$(PY) -m pytest tests -q $(PYTEST_ARGS)
 
 demo: $(STAMP)

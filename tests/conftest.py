@@ -146,6 +146,18 @@ def build_tiny_coco(root: Path) -> TinyCoco:
     return TinyCoco(root, str(json_file), str(images_dir), data)
 
 
+def pytest_report_header(config):
+    """The versions a run tested with (CI gets whatever the registry serves that day)."""
+    import platform
+
+    import torch
+    import torchvision
+
+    return (f"detgn tested with torch {torch.__version__}, torchvision {torchvision.__version__}, "
+            f"numpy {np.__version__}, opencv {cv2.__version__}, Python {platform.python_version()}, "
+            f"{torch.get_num_threads()} torch threads")
+
+
 @pytest.fixture
 def tiny_coco(tmp_path) -> TinyCoco:
     return build_tiny_coco(tmp_path / "tiny_coco")
@@ -161,3 +173,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def coco2017_like(tmp_path_factory):
+    """A ``DETGN_DATASETS`` folder holding ``coco/`` in the real COCO 2017 format and
+    quirks (see ``tests/coco2017_like.py``); returns its :class:`Coco2017Like`."""
+    from coco2017_like import write_coco2017_like
+
+    return write_coco2017_like(tmp_path_factory.mktemp("coco2017_like_root"))
+
+
+@pytest.fixture(scope="session")
+def r50_gn_zoo_mirror(tmp_path_factory):
+    """A ``DETGN_MODEL_ZOO_MIRROR`` folder serving ``detgn://ImageNetPretrained/R-50-GN`` as a
+    Detectron-format Python 2 pickle (see ``tests/detectron_imagenet_pkl.py``).
+    Returns ``(mirror folder, blobs written)``."""
+    from detectron_imagenet_pkl import zoo_mirror
+
+    root = tmp_path_factory.mktemp("zoo_mirror")
+    return root, zoo_mirror(root)

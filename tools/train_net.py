@@ -33,6 +33,7 @@ from detgn.engine import (  # noqa: E402
     launch,
 )
 from detgn.utils import comm  # noqa: E402
+from detgn.utils.errors import UserError  # noqa: E402
 
 logger = logging.getLogger("detgn.train_net")
 
@@ -83,49 +84,121 @@ def weights_digest(model_or_state) -> str:
     return h.hexdigest()
 
 
+class EvalWeightsError(UserError, ValueError):
+    """--eval-only without trained detector weights."""
+
+
+def _eval_only_weights_hint(cfg) -> str:
+    return (
+        "Pass the detector's weights: --eval-only MODEL.WEIGHTS path/to/model_final.pth (a train_net.py "
+        "checkpoint, a detgn:// name of trained weights listed in MODEL_ZOO.md, a Detectron model_final .pkl or "
+        f"a torchvision maskrcnn_resnet50_fpn state dict), or --eval-only --resume to evaluate the newest "
+        f"checkpoint in OUTPUT_DIR ({cfg.OUTPUT_DIR})."
+    )
+
+
+def _check_eval_weights(cfg) -> None:
+    """--eval-only measures a trained detector: refuse, before any download, weights that cannot be one."""
+    weights = cfg.MODEL.WEIGHTS
+    if not weights:
+        raise EvalWeightsError(
+            "--eval-only evaluates trained detector weights, but MODEL.WEIGHTS is empty (the model would be "
+            "randomly initialised). " + _eval_only_weights_hint(cfg)
+        )
+    if weights.startswith("detgn://ImageNetPretrained/"):
+        raise EvalWeightsError(
+            f"--eval-only evaluates trained detector weights, but MODEL.WEIGHTS is {weights}, the ImageNet "
+            "backbone this config trains from: its RPN and RoI heads would be random. " + _eval_only_weights_hint(cfg)
+        )
+
+
+def _check_detector_loaded(cfg, report) -> None:
+    """After loading for --eval-only: a file without RPN and box-head weights is not a detector."""
+    heads = [k for k in report.loaded if k.startswith(("proposal_generator.", "roi_heads.box_predictor."))]
+    if not heads:
+        raise EvalWeightsError(
+            f"--eval-only: {cfg.MODEL.WEIGHTS} holds no RPN or box-predictor weights ({len(report.loaded)} tensors "
+            "loaded, all of the backbone), so it is a backbone, not a trained detector; evaluating it would score "
+            "random heads. " + _eval_only_weights_hint(cfg)
+        )
+
+
 def main(args):
     cfg = setup(args)
     from detgn.checkpoint import Checkpointer, load_weights
     from detgn.modeling import build_model
 
+    if args.eval_only and not args.resume:
+        _check_eval_weights(cfg)  # before building anything or downloading
     model = build_model(cfg)  # logs describe_model(model) (norms, freezing) with VERBOSE_STARTUP
     if args.eval_only:
         if args.resume:
             path = Checkpointer(model, cfg.OUTPUT_DIR, save_to_disk=False).latest_good_checkpoint()
             if path is None:
-                raise SystemExit(f"--eval-only --resume: no good checkpoint in {cfg.OUTPUT_DIR}")
+                raise EvalWeightsError(f"--eval-only --resume: no good checkpoint in {cfg.OUTPUT_DIR}. "
+                                       + _eval_only_weights_hint(cfg))
             load_weights(model, path, allow_pickle=cfg.MODEL.WEIGHTS_ALLOW_PICKLE)
-        elif cfg.MODEL.WEIGHTS:
-            load_weights(model, cfg.MODEL.WEIGHTS, allow_pickle=cfg.MODEL.WEIGHTS_ALLOW_PICKLE)
         else:
-            logger.warning("--eval-only without MODEL.WEIGHTS: evaluating a randomly initialised model")
+            report = load_weights(model, cfg.MODEL.WEIGHTS, allow_pickle=cfg.MODEL.WEIGHTS_ALLOW_PICKLE)
+            _check_detector_loaded(cfg, report)
         return do_test(cfg, model)
 
-    from detgn.data import build_detection_train_loader
+    from detgn.data import BadImageTracker, build_detection_train_loader
 
+    # Unreadable training files: found once, skipped from then on; checkpointed (and so
+    # restored by --resume before the loader is built), reported in the results.
+    bad_images = BadImageTracker.from_config(cfg)
     trainer = build_trainer(
         cfg,
         model,
-        data_loader_fn=lambda start_iter: build_detection_train_loader(cfg, start_iter=start_iter),
+        data_loader_fn=lambda start_iter: build_detection_train_loader(cfg, start_iter=start_iter,
+                                                                       bad_images=bad_images),
         eval_fn=(lambda: do_test(cfg, model)) if cfg.DATASETS.TEST else None,
+        bad_images=bad_images,
     )
     trainer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume, allow_pickle=cfg.MODEL.WEIGHTS_ALLOW_PICKLE)
     trainer.train()
     # Every rank logs it (log.txt.rankN): DDP must leave all ranks with the same weights.
     logger.info("Final weights digest (rank %d): %s", comm.get_rank(), weights_digest(model))
     eval_hooks = [h for h in trainer.hooks if isinstance(h, EvalHook)]
-    return eval_hooks[0].last_results if eval_hooks else {}
+    results = eval_hooks[0].last_results if eval_hooks else {}
+    if bad_images.num_bad_images:
+        results = {**results, "skipped_images": bad_images.summary()}
+    return results
+
+
+def guarded_main(args):
+    """``main``, printing a :class:`UserError` as its message alone (no traceback) and exiting 1.
+
+    In a process spawned by ``--num-gpus`` the exit status tells the parent; in a plain
+    or torchrun process :func:`cli` turns the exit into its return value.
+    """
+    try:
+        return main(args)
+    except UserError as e:
+        where = f" (rank {comm.get_rank()})" if comm.get_world_size() > 1 else ""
+        label = "Config error" if isinstance(e, ConfigError) else "Error"
+        print(f"{label}{where}: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2 if isinstance(e, ConfigError) else 1) from None
 
 
 def cli(argv=None) -> int:
+    """Parse ``argv`` and run; returns the exit status (2: config error, 1: other errors the
+    message explains, printed without a traceback)."""
     args = default_argument_parser().parse_args(argv)
     if args.opts and args.opts[0] == "--":
         args.opts = args.opts[1:]
     try:
-        launch(main, args.num_gpus, args=(args,))
-    except ConfigError as e:
+        launch(guarded_main, args.num_gpus, args=(args,))
+    except ConfigError as e:  # raised before any process starts (e.g. a bad --config)
         print(f"Config error: {e}", file=sys.stderr)
         return 2
+    except SystemExit as e:  # guarded_main reported the error
+        return int(e.code) if isinstance(e.code, int) else 1
+    except torch.multiprocessing.ProcessExitedException as e:
+        print(f"Error: training process {e.error_index} exited with status {e.exit_code} (its message is above)",
+              file=sys.stderr)
+        return e.exit_code if isinstance(e.exit_code, int) and e.exit_code > 0 else 1
     return 0
 
 

@@ -22,7 +22,7 @@ import os
 import sys
 from collections import defaultdict
 from multiprocessing import Pool
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 from detgn.data.coco import REASONS, CocoFormatError, read_coco_json, scan_coco
 from detgn.data.coco_checks import count_outcomes

@@ -34,6 +34,7 @@ from torch import nn
 
 from detgn.solver.schedule import Schedule, schedule_changes
 from detgn.utils import comm
+from detgn.utils.errors import UserError
 from detgn.utils.seed import get_rng_state
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ _BOOKKEEPING = ("checkpoint_period:", "eval_period:")
 _TEMP = re.compile(r"^\.(model_\d{7}|model_final|last_checkpoint)(\.pth)?\..*\.tmp$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used as asked (corrupt, incompatible, schedule refused)."""
 
 
@@ -271,7 +272,14 @@ class Checkpointer:
             os.makedirs(save_dir, exist_ok=True)
 
     def add_checkpointable(self, name: str, obj) -> None:
-        """Also save and restore ``obj.state_dict()`` under ``name`` (e.g. the AMP GradScaler)."""
+        """Also save and restore ``obj.state_dict()`` under ``name`` (e.g. the AMP GradScaler).
+
+        ``state_dict()`` is called on the saving process (rank 0) only. An object whose state
+        is spread over the processes may define ``sync_state()``: :meth:`save` calls it on
+        every process first (in registration order), so it can gather what rank 0 must
+        write with collectives (e.g. each rank's data loader position, see
+        :class:`detgn.data.BadImageTracker`).
+        """
         if name in ("model", "optimizer", "scheduler", "iteration", "rng_states", "schedule"):
             raise ValueError(f"{name!r} is a reserved checkpoint key")
         self._stateful[name] = obj
@@ -283,6 +291,10 @@ class Checkpointer:
         Every process must call it (the RNG states of all ranks are gathered);
         only ``save_to_disk`` processes write. Returns the path (None elsewhere).
         """
+        for obj in self._stateful.values():
+            sync = getattr(obj, "sync_state", None)
+            if callable(sync):
+                sync()  # a collective: every process is here
         rng_states = comm.all_gather(get_rng_state())
         if not self.save_to_disk:
             return None
@@ -302,8 +314,8 @@ class Checkpointer:
             data["scheduler"] = self.scheduler.state_dict()
         if self.schedule is not None:
             data["schedule"] = self.schedule.as_dict()
-        for name, obj in self._stateful.items():
-            data[name] = obj.state_dict()
+        for key, obj in self._stateful.items():  # not `name`: that is the file's name
+            data[key] = obj.state_dict()
         data.update(self.extra)
         path = os.path.join(self.save_dir, name if name.endswith(".pth") else name + ".pth")
         atomic_write(path, lambda f: torch.save(data, f))

@@ -16,12 +16,14 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 from yacs.config import CfgNode as CN
 
+from detgn.utils.errors import UserError
+
 from .defaults import get_cfg
 
 BASE_KEY = "_BASE_"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file, name or override that cannot be used as written."""
 
 

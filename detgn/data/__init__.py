@@ -4,6 +4,8 @@
 ``generate_synthetic_coco`` only, so importing detgn.data stays light.
 """
 from .build import (
+    BadImageTracker,
+    TooManyBadImagesError,
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
@@ -25,6 +27,8 @@ __all__ = [
     "InferenceSampler",
     "build_detection_train_loader",
     "build_detection_test_loader",
+    "BadImageTracker",
+    "TooManyBadImagesError",
     "get_detection_dataset_dicts",
 ]
 

@@ -7,12 +7,9 @@ would have yielded at ``k``, with any number of workers. The DataLoader gets its
 ``torch.Generator`` and augmentation draws from per-sample generators, so building
 and iterating a loader never touches the global torch / numpy / random RNGs.
 
-Bad images in training (policy; see also ``detgn/data/mapper.py``): a worker that
-fails to read an image returns a :class:`BadImage` marker instead of raising; the
-main process drops it from its batch (a batch left empty is skipped), logs a warning
-naming the file, counts it, and raises :class:`TooManyBadImagesError` once more than
-``DATALOADER.MAX_BAD_IMAGES`` images have failed. Skipping shifts later batches, so
-exact resume equality holds for runs without bad images.
+Unreadable images in training are reported once per file and skipped from then on
+(:mod:`detgn.data.bad_images`); a resumed loader continues from the stream position
+its :class:`BadImageTracker` recorded, so exact resume holds with bad images too.
 """
 from __future__ import annotations
 
@@ -26,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from detgn.utils import comm
 
+from .bad_images import BadImage, BadImageTracker, TooManyBadImagesError, _SkipKnownBad
 from .catalog import DatasetCatalog, MetadataCatalog
 from .mapper import DatasetMapper, ImageReadError
 from .samplers import InferenceSampler, TrainBatchSampler, sample_rng
@@ -40,25 +38,10 @@ __all__ = [
     "make_test_loader",
     "TrainLoader",
     "BadImage",
+    "BadImageTracker",
     "TooManyBadImagesError",
     "trivial_batch_collator",
 ]
-
-
-class TooManyBadImagesError(RuntimeError):
-    """More training images failed to read than ``DATALOADER.MAX_BAD_IMAGES`` allows."""
-
-
-class BadImage:
-    """Marker a worker returns for an image that failed to read (counted in the main process)."""
-
-    __slots__ = ("file_name", "image_id", "message")
-
-    def __init__(self, file_name: Optional[str], image_id: Any, message: str):
-        self.file_name, self.image_id, self.message = file_name, image_id, message
-
-    def __repr__(self) -> str:
-        return f"BadImage({self.file_name!r}, image_id={self.image_id!r})"
 
 
 def trivial_batch_collator(batch: List[Any]) -> List[Any]:
@@ -120,7 +103,7 @@ def _accepts_rng(mapper: Callable) -> bool:
 
 
 class _TrainDataset(Dataset):
-    """Maps ``(index, position)`` to a mapped dict, or a :class:`BadImage` marker."""
+    """Maps ``(index, position, batch number)`` to ``(batch number, mapped dict or BadImage)``."""
 
     def __init__(self, records: List[dict], mapper: Callable, seed: int):
         self.records, self.mapper, self.seed = records, mapper, seed
@@ -130,15 +113,16 @@ class _TrainDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, key):
-        index, position = key
+        index, position, number = key
         record = self.records[index]
         try:
             if self.pass_rng:
-                return self.mapper(record, rng=sample_rng(self.seed, position))
-            return self.mapper(record)
+                return number, self.mapper(record, rng=sample_rng(self.seed, position))
+            return number, self.mapper(record)
         except ImageReadError as e:
             # Raising here would kill the worker and the run; the main process decides.
-            return BadImage(e.file_name or record.get("file_name"), record.get("image_id"), str(e))
+            # Keyed by the record's file_name: that is what the sampler filter looks up.
+            return number, BadImage(record.get("file_name") or e.file_name, record.get("image_id"), str(e))
 
 
 class _TestDataset(Dataset):
@@ -158,60 +142,66 @@ def _seeded_generator(seed: int) -> torch.Generator:
     return g
 
 
-class TrainLoader:
-    """Infinite iterable of training batches (``list[dict]``), skipping bad images.
+def _train_collate(samples: List[Any]):
+    """``[(number, item), ...]`` -> ``(number, [item, ...])`` (all samples of one sampler batch)."""
+    return samples[0][0], [s[1] for s in samples]
 
-    ``num_bad_images`` and ``bad_files`` record the images skipped so far.
+
+class TrainLoader:
+    """Infinite iterable of training batches (``list[dict]``), skipping unreadable files.
+
+    ``bad_images`` is the :class:`BadImageTracker`; ``num_bad_images`` and ``bad_files``
+    are its distinct unreadable files so far.
     """
 
     def __init__(
-        self, dataset: _TrainDataset, batch_sampler: TrainBatchSampler, *, num_workers: int, max_bad_images: int,
-        seed: int,
+        self, dataset: _TrainDataset, batch_sampler: TrainBatchSampler, *, num_workers: int, seed: int,
+        bad_images: BadImageTracker, start_iter: int = 0,
     ):
         self.dataset, self.batch_sampler = dataset, batch_sampler
-        self.num_workers, self.max_bad_images, self.seed = num_workers, max_bad_images, seed
-        self.num_bad_images = 0
-        self.bad_files: List[str] = []
+        self.num_workers, self.seed = num_workers, seed
+        self.bad_images = bad_images
+        self.start_iter = start_iter  # the iteration of the first batch (the sampler may start further on)
 
     @property
     def batch_size(self) -> int:
         return self.batch_sampler.batch_size
+
+    @property
+    def num_bad_images(self) -> int:
+        return self.bad_images.num_bad_images
+
+    @property
+    def bad_files(self) -> List[str]:
+        return self.bad_images.bad_files
 
     def _data_loader(self) -> DataLoader:
         # No worker_init_fn calling cv2.setNumThreads: in a forked worker it can deadlock
         # on the parent's OpenCV thread-pool state (observed); plain cv2 calls are safe.
         return DataLoader(
             self.dataset,
-            batch_sampler=self.batch_sampler,
+            batch_sampler=_SkipKnownBad(self.batch_sampler, self.dataset.records, self.bad_images),
             num_workers=self.num_workers,
-            collate_fn=trivial_batch_collator,
+            collate_fn=_train_collate,
             generator=_seeded_generator(self.seed),
         )
 
-    def _count_bad(self, bad: BadImage) -> None:
-        self.num_bad_images += 1
-        self.bad_files.append(str(bad.file_name))
-        if self.num_bad_images > self.max_bad_images:
-            raise TooManyBadImagesError(
-                f"{self.num_bad_images} training image(s) failed to read, more than DATALOADER.MAX_BAD_IMAGES="
-                f"{self.max_bad_images}. Last: {bad.message}. Failed files: {', '.join(self.bad_files[-10:])}. "
-                "Fix or remove them (tools/validate_dataset.py finds them all) or raise DATALOADER.MAX_BAD_IMAGES."
-            )
-        logger.warning(
-            "Skipping training image %s (image id %s): %s [bad image %d of at most %d: skipped images are counted and "
-            "training stops once more than DATALOADER.MAX_BAD_IMAGES fail]",
-            bad.file_name, bad.image_id, bad.message, self.num_bad_images, self.max_bad_images,
-        )
-
     def __iter__(self) -> Iterator[List[dict]]:
-        for batch in self._data_loader():
+        tracker, rank = self.bad_images, self.batch_sampler.rank
+        world_size, batch_size = self.batch_sampler.world_size, self.batch_sampler.batch_size
+        iteration = self.start_iter
+        for number, items in self._data_loader():
             good = []
-            for item in batch:
+            for item in items:
                 if isinstance(item, BadImage):
-                    self._count_bad(item)
+                    tracker.report(item, iteration, rank)
                 else:
                     good.append(item)
             if good:
+                iteration += 1
+                # Before the yield: a checkpoint taken after this batch's step resumes here.
+                tracker.note_position(iteration=iteration, position=number + 1, world_size=world_size,
+                                      batch_size=batch_size)
                 yield good
 
 
@@ -224,9 +214,12 @@ def make_train_loader(
     num_workers: int = 0,
     aspect_ratio_grouping: bool = True,
     max_bad_images: int = 0,
+    max_bad_images_fraction: float = 0.0,
+    bad_images: Optional[BadImageTracker] = None,
     start_iter: int = 0,
     rank: Optional[int] = None,
     world_size: Optional[int] = None,
+    validate_hint: Optional[str] = None,
 ) -> TrainLoader:
     """The training loader over given records (config-free; see the module docstring).
 
@@ -235,21 +228,30 @@ def make_train_loader(
         batch_size: images per batch on this rank.
         seed: seed of the sample order and of every augmentation.
         aspect_ratio_grouping: batches of images that are all landscape or all portrait.
-        max_bad_images: images allowed to fail before the run stops.
+        max_bad_images, max_bad_images_fraction: limits of a tracker made here (see
+            :class:`BadImageTracker`); not used when ``bad_images`` is given.
+        bad_images: the run's :class:`BadImageTracker` (its files are skipped, its saved
+            loader position is used); None: a new one.
         start_iter: index of the first batch to yield.
         rank, world_size: default to ``detgn.utils.comm``.
+        validate_hint: the ``tools/validate_dataset.py`` command the error suggests.
     """
     rank = comm.get_rank() if rank is None else rank
     world_size = comm.get_world_size() if world_size is None else world_size
+    if bad_images is None:
+        bad_images = BadImageTracker(max_bad_images=max_bad_images, max_fraction=max_bad_images_fraction)
+    bad_images.attach([r.get("file_name") for r in dataset_dicts], world_size=world_size, validate_hint=validate_hint)
     group_ids = None
     if aspect_ratio_grouping and batch_size > 1:
         group_ids = [0 if r["width"] >= r["height"] else 1 for r in dataset_dicts]
+    start_batch = bad_images.resume_batch(start_iter, rank=rank, world_size=world_size, batch_size=batch_size)
     batch_sampler = TrainBatchSampler(
         len(dataset_dicts), batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
-        group_ids=group_ids, start_batch=start_iter,
+        group_ids=group_ids, start_batch=start_batch,
     )
     dataset = _TrainDataset(dataset_dicts, mapper, seed)
-    return TrainLoader(dataset, batch_sampler, num_workers=num_workers, max_bad_images=max_bad_images, seed=seed)
+    return TrainLoader(dataset, batch_sampler, num_workers=num_workers, seed=seed, bad_images=bad_images,
+                       start_iter=start_iter)
 
 
 def _resolve_seed(seed: int) -> int:
@@ -261,11 +263,28 @@ def _resolve_seed(seed: int) -> int:
     return drawn
 
 
-def build_detection_train_loader(cfg, *, mapper: Optional[Callable] = None, start_iter: int = 0) -> TrainLoader:
-    """Infinite loader of ``SOLVER.IMS_PER_GPU``-image batches of ``DATASETS.TRAIN`` for this rank."""
+def _validate_hint(names: Sequence[str]) -> Optional[str]:
+    commands = []
+    for name in names:
+        meta = MetadataCatalog.get(name)
+        json_file, image_root = meta.get("json_file"), meta.get("image_root")
+        if json_file and image_root:
+            commands.append(f"python tools/validate_dataset.py --json {json_file} --images {image_root}")
+    return " and ".join(f"`{c}`" for c in commands) or None
+
+
+def build_detection_train_loader(
+    cfg, *, mapper: Optional[Callable] = None, start_iter: int = 0, bad_images: Optional[BadImageTracker] = None
+) -> TrainLoader:
+    """Infinite loader of ``SOLVER.IMS_PER_GPU``-image batches of ``DATASETS.TRAIN`` for this rank.
+
+    ``bad_images``: the run's :class:`BadImageTracker` (``tools/train_net.py`` makes one and
+    checkpoints it); None: a new one with the ``DATALOADER.MAX_BAD_IMAGES*`` limits.
+    """
     records = get_detection_dataset_dicts(
         cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS, on_bad=cfg.DATASETS.ON_BAD_ANNOTATION
     )
+    names = [cfg.DATASETS.TRAIN] if isinstance(cfg.DATASETS.TRAIN, str) else list(cfg.DATASETS.TRAIN)
     return make_train_loader(
         records,
         mapper=mapper if mapper is not None else DatasetMapper.from_config(cfg, True),
@@ -273,8 +292,9 @@ def build_detection_train_loader(cfg, *, mapper: Optional[Callable] = None, star
         seed=_resolve_seed(cfg.SEED),
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
-        max_bad_images=cfg.DATALOADER.MAX_BAD_IMAGES,
+        bad_images=bad_images if bad_images is not None else BadImageTracker.from_config(cfg),
         start_iter=start_iter,
+        validate_hint=_validate_hint(names),
     )
 
 

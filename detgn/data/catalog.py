@@ -17,7 +17,10 @@ import inspect
 import os
 from typing import Any, Callable, Dict, List, Union
 
+from detgn.utils.errors import UserError
+
 __all__ = [
+    "DatasetNotFoundError",
     "DatasetCatalog",
     "MetadataCatalog",
     "Metadata",
@@ -38,6 +41,10 @@ _HOW_TO_GET = {
     "coco": "download COCO 2017 (images and annotations) into that folder (see datasets/README.md)",
     "synthetic": "create it with `python datasets/prepare_synthetic.py --out <DETGN_DATASETS>/synthetic`",
 }
+
+
+class DatasetNotFoundError(UserError, FileNotFoundError):
+    """A built-in dataset whose files are not where ``DETGN_DATASETS`` says (the message says how to get them)."""
 
 
 def datasets_root() -> str:
@@ -227,7 +234,7 @@ def _register_coco(
         # A missing built-in set is the usual first-run problem: say where it was
         # looked for and how to get it instead of a bare "file not found".
         if missing_hint is not None and not os.path.isfile(json_fn()):
-            raise FileNotFoundError(f"Dataset '{name}': annotations not found at {json_fn()}. {missing_hint()}")
+            raise DatasetNotFoundError(f"Dataset '{name}': annotations not found at {json_fn()}. {missing_hint()}")
         return load_coco_json(json_fn(), root_fn(), name, on_bad=on_bad)
 
     DatasetCatalog.register(name, load)

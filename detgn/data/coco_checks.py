@@ -33,6 +33,8 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
+from detgn.utils.errors import UserError
+
 __all__ = [
     "BOX_OVERSHOOT_TOLERANCE",
     "CocoCategories",
@@ -54,7 +56,7 @@ _MIN_CROSS = 1e-6
 _IDS_SHOWN = 10
 
 
-class CocoFormatError(ValueError):
+class CocoFormatError(UserError, ValueError):
     """A COCO JSON that cannot be used as written (the message says where and why)."""
 
 

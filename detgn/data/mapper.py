@@ -13,10 +13,13 @@ annotations are left out. All randomness comes from the ``rng`` argument (a
 Images that fail to read: the mapper raises :class:`ImageReadError` (missing,
 unreadable or undecodable file) or its subclass :class:`ImageSizeMismatchError`
 (decoded size differs from the record), naming the file and image id. What happens
-next depends on the loader: in TRAINING the image is skipped, a warning names the
-file, and the run stops with an error once more than ``DATALOADER.MAX_BAD_IMAGES``
-images have failed (0: the first failure stops it); the counting happens in the main
-process (see ``detgn/data/build.py``), so it also works with worker processes. At
+next depends on the loader: in TRAINING the file is skipped and warned about once, then
+left out of every later batch without being read again (also by other workers and
+processes, and after ``--resume``); the run stops with an error once more DISTINCT
+files have failed than the larger of ``DATALOADER.MAX_BAD_IMAGES`` and
+``DATALOADER.MAX_BAD_IMAGES_FRACTION`` of the training set allow (both 0: the first
+failure stops it). The bookkeeping happens in the main process (``BadImageTracker`` in
+``detgn/data/build.py``), so it also works with worker processes. At
 TEST time any failure stops evaluation, since metrics over a partial set mislead.
 """
 from __future__ import annotations
@@ -28,13 +31,14 @@ import numpy as np
 import torch
 
 from detgn.structures import BitMasks, Boxes, Instances, PolygonMasks, polygons_to_bitmask, rle_to_bitmask
+from detgn.utils.errors import UserError
 
 from .transforms import ResizeFlip, resized_shape, sample_resize_flip
 
 __all__ = ["DatasetMapper", "ImageReadError", "ImageSizeMismatchError", "read_image"]
 
 
-class ImageReadError(RuntimeError):
+class ImageReadError(UserError, RuntimeError):
     """An image file that is missing, unreadable or not a decodable image."""
 
     def __init__(self, message: str, *, file_name: Optional[str] = None, image_id: Any = None):

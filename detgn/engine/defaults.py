@@ -131,6 +131,11 @@ def nan_hint(cfg, schedule: Schedule, world_size: int) -> str:
     )
 
 
+# Iterations between exchanges of newly found unreadable training files between processes:
+# a file one process found may still be read by another within this window.
+BAD_IMAGE_SYNC_PERIOD = 20
+
+
 def build_hooks(
     cfg,
     *,
@@ -138,22 +143,29 @@ def build_hooks(
     schedule: Schedule,
     eval_fn: Optional[Callable[[], Mapping]] = None,
     writers: Optional[Sequence[EventWriter]] = None,
+    bad_images=None,
 ) -> List[HookBase]:
-    """LR schedule, periodic checkpoint, evaluation, writers and the curve plot, in that order.
+    """LR schedule, unreadable-file sync, periodic checkpoint, evaluation, writers, skipped-file
+    record and the curve plot, in that order.
 
-    Writers and the plot exist on the main process only; ``writers=None`` gives the
-    console, ``metrics.json`` and TensorBoard writers.
+    Writers, the record and the plot exist on the main process only; ``writers=None`` gives
+    the console, ``metrics.json`` and TensorBoard writers. ``bad_images`` (the run's
+    :class:`detgn.data.BadImageTracker`) adds :class:`~detgn.engine.hooks.BadImageSync` and,
+    on the main process, :class:`~detgn.engine.hooks.BadImageRecord`.
     """
     out = cfg.OUTPUT_DIR
-    hooks: List[HookBase] = [
-        H.LRScheduler(),
-        H.PeriodicCheckpointer(checkpointer, period=schedule.checkpoint_period),
-    ]
+    metrics = os.path.join(out, "metrics.json")
+    hooks: List[HookBase] = [H.LRScheduler()]
+    if bad_images is not None:
+        hooks.append(H.BadImageSync(bad_images, period=BAD_IMAGE_SYNC_PERIOD))
+    hooks.append(H.PeriodicCheckpointer(checkpointer, period=schedule.checkpoint_period))
     if eval_fn is not None:
         hooks.append(H.EvalHook(eval_fn, period=schedule.eval_period))
     if comm.is_main_process():
         hooks.append(H.PeriodicWriter(H.default_writers(out) if writers is None else writers, period=cfg.LOG_PERIOD))
-        hooks.append(H.CurvePlot(os.path.join(out, "metrics.json"), os.path.join(out, "training_curves.png"), title=out))
+        if bad_images is not None:
+            hooks.append(H.BadImageRecord(bad_images, metrics))
+        hooks.append(H.CurvePlot(metrics, os.path.join(out, "training_curves.png"), title=out))
     return hooks
 
 
@@ -164,6 +176,7 @@ def build_trainer(
     data_loader_fn: Callable[[int], Iterable],
     eval_fn: Optional[Callable[[], Mapping]] = None,
     writers: Optional[Sequence[EventWriter]] = None,
+    bad_images=None,
 ) -> Trainer:
     """A :class:`Trainer` for ``model`` (already on ``MODEL.DEVICE``) with the config's schedule.
 
@@ -178,6 +191,10 @@ def build_trainer(
             ``lambda s: build_detection_train_loader(cfg, start_iter=s)``).
         eval_fn: returns evaluation results (nested dicts of numbers); None: no evaluation.
         writers: metric writers instead of the default three.
+        bad_images: the run's :class:`detgn.data.BadImageTracker`, also given to the loader
+            (``build_detection_train_loader(cfg, start_iter=s, bad_images=tracker)``): it is
+            checkpointed as ``bad_images`` (so ``--resume`` restores it before the loader is
+            built) and hooks exchange, count and report the skipped files.
 
     Returns:
         the trainer; call ``trainer.resume_or_load(cfg.MODEL.WEIGHTS, resume=...)`` then ``trainer.train()``.
@@ -219,5 +236,8 @@ def build_trainer(
     if trainer.scaler is not None:
         # The loss scale is training state: resuming with a fresh one would differ.
         checkpointer.add_checkpointable("grad_scaler", trainer.scaler)
-    trainer.register_hooks(build_hooks(cfg, checkpointer=checkpointer, schedule=schedule, eval_fn=eval_fn, writers=writers))
+    if bad_images is not None:
+        checkpointer.add_checkpointable("bad_images", bad_images)
+    trainer.register_hooks(build_hooks(cfg, checkpointer=checkpointer, schedule=schedule, eval_fn=eval_fn,
+                                       writers=writers, bad_images=bad_images))
     return trainer

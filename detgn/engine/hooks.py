@@ -2,12 +2,16 @@
 
 The order :func:`detgn.engine.defaults.build_hooks` registers them in matters:
 the LR is stepped before a checkpoint is taken (the checkpoint holds the state
-for the next iteration), checkpoints come before evaluation (a crash in the
-evaluator loses no training), evaluation before the writers (its results are
-written at the iteration they belong to), the curve plot last.
+for the next iteration), unreadable training files are exchanged and counted
+before the checkpoint and the writers (so both see the count of this iteration),
+checkpoints come before evaluation (a crash in the evaluator loses no training),
+evaluation before the writers (its results are written at the iteration they
+belong to), the skipped-files record after the writers' last line, the curve
+plot last.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
@@ -20,7 +24,16 @@ from .trainer import HookBase
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LRScheduler", "PeriodicCheckpointer", "EvalHook", "PeriodicWriter", "CurvePlot", "flatten_results"]
+__all__ = [
+    "LRScheduler",
+    "PeriodicCheckpointer",
+    "BadImageSync",
+    "BadImageRecord",
+    "EvalHook",
+    "PeriodicWriter",
+    "CurvePlot",
+    "flatten_results",
+]
 
 
 class LRScheduler(HookBase):
@@ -55,6 +68,67 @@ class PeriodicCheckpointer(HookBase):
             self.checkpointer.save("model_final", iteration=done)
         elif self.period > 0 and done % self.period == 0:
             self.checkpointer.save(f"model_{self.trainer.iter:07d}", iteration=done)
+
+
+class BadImageSync(HookBase):
+    """Unreadable training files (a :class:`detgn.data.BadImageTracker`): exchange, limit, count.
+
+    Every ``period`` iterations, with several processes, every process calls
+    ``tracker.sync()`` (a collective at the same iteration on all ranks): files one rank
+    found are then skipped by all, and over the limit all ranks stop together with
+    :class:`detgn.data.TooManyBadImagesError` (one process stops at once, in the loader;
+    the checkpointer syncs too, before every save). Each iteration the number of distinct
+    unreadable files goes into the storage as ``bad_images`` (so into every
+    ``metrics.json`` line); at the end of training, also after an error, one log line
+    names the skipped files. Runs on every process.
+    """
+
+    def __init__(self, tracker, *, period: int = 20):
+        self.tracker = tracker
+        self.period = max(1, int(period))
+        self._last_put: Optional[int] = None
+
+    def _put(self) -> None:
+        n = self.tracker.num_bad_images
+        self.trainer.storage.put_scalar("bad_images", n, smooth=False)
+        self._last_put = n
+
+    def after_step(self) -> None:
+        done = self.trainer.iter + 1
+        if comm.get_world_size() > 1 and done % self.period == 0:
+            self.tracker.sync()
+        self._put()
+
+    def after_train(self) -> None:
+        ran = self.trainer.start_iter < self.trainer.max_iter
+        if ran and self.tracker.num_bad_images != (self._last_put or 0):
+            self._put()  # found while loading a batch whose step did not finish: the final write shows it
+        self.tracker.log_summary()
+
+
+class BadImageRecord(HookBase):
+    """Main process, after the writers: one ``metrics.json`` line naming the skipped files.
+
+    ``{"iteration": i, "skipped_images": {"count": n, "files": [...]}}`` at the last
+    iteration run (also after an error; nothing when no file was skipped). A run resumed
+    before ``i`` drops the line with the rest (see :class:`detgn.utils.events.JSONWriter`)
+    and writes its own at its end.
+    """
+
+    def __init__(self, tracker, metrics_path: str):
+        self.tracker = tracker
+        self.metrics_path = metrics_path
+
+    def after_train(self) -> None:
+        if not self.tracker.num_bad_images or self.trainer.start_iter >= self.trainer.max_iter:
+            return
+        record = {"iteration": min(self.trainer.iter, self.trainer.max_iter - 1),
+                  "skipped_images": self.tracker.summary()}
+        try:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+        except OSError as e:  # reporting must not hide the training's own outcome
+            logger.warning("Could not add the skipped images to %s: %s", self.metrics_path, e)
 
 
 def flatten_results(results: Mapping, prefix: str = "") -> Dict[str, float]:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from detgn.utils import comm
+from detgn.utils.errors import UserError, is_user_error
 from detgn.utils.events import EventStorage
 from detgn.utils.seed import set_rng_state
 
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["HookBase", "Trainer", "NonFiniteLossError"]
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """A loss became NaN or Inf; the message names the iteration, the terms and the images."""
 
 
@@ -160,8 +161,11 @@ class Trainer:
                 for h in self._hooks:
                     h.after_step()
             self.finished = True
-        except Exception:
-            logger.exception("Training stopped by an error at iteration %d", self.iter)
+        except Exception as e:
+            if is_user_error(e):  # the message says it all (bad data, diverging loss, ...)
+                logger.error("Training stopped at iteration %d: %s", self.iter, e)
+            else:
+                logger.exception("Training stopped by an error at iteration %d", self.iter)
             raise
         finally:
             for h in self._hooks:

@@ -34,6 +34,8 @@ import os
 import re
 from typing import Dict, List, Optional, Tuple
 
+from detgn.utils.errors import UserError
+
 __all__ = [
     "MODEL_ZOO",
     "MODEL_ZOO_BASE_URL",
@@ -68,7 +70,7 @@ MODEL_ZOO: Dict[str, Dict[str, object]] = {
 }
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(UserError, KeyError):
     """A zoo name that the catalog does not list."""
 
     def __str__(self) -> str:  # KeyError quotes its message; show it plainly

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from detgn.utils.errors import UserError
+
 from .catalog import (
     MODEL_ZOO,
     ZOO_PREFIX,
@@ -71,7 +73,7 @@ _MAX_BACKOFF_S = 30.0
 _TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
 
 
-class ModelZooError(RuntimeError):
+class ModelZooError(UserError, RuntimeError):
     """A model-zoo file that could not be obtained; the message says what to do."""
 
 

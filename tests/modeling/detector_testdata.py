@@ -155,20 +155,71 @@ def check_predictions(outputs, batch, num_classes, mask_on=True):
             assert inst.pred_masks.dtype == torch.bool and inst.pred_masks.shape == (n, h, w)
 
 
-def train_steps(model, batch, *, steps, lr):
-    """SGD on one repeated batch; returns the total loss of every step.
+def fixed_proposals(batch, *, jittered: int = 4, random: int = 24, seed: int = 0):
+    """Per image, fixed proposal boxes (N, 4): jittered copies of the GT boxes and random boxes.
 
-    The sampling RNG is reseeded before each step so each step draws anchors and RoIs
-    the same way: the loss then changes because the weights do, not the samples.
+    Training on these instead of the RPN's own proposals makes the RoI heads' loss a fixed
+    objective: the RPN's proposals change as it learns, and with them the sampled RoIs
+    and the meaning of the RoI losses (more foreground RoIs raise the box loss).
+    """
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for x in batch:
+        h, w = x["image"].shape[-2:]
+        gt = x["instances"].gt_boxes.tensor
+        ctr, wh = (gt[:, :2] + gt[:, 2:]) / 2, gt[:, 2:] - gt[:, :2]
+        parts = []
+        for _ in range(jittered):
+            c = ctr + (torch.rand(gt.shape[0], 2, generator=g) - 0.5) * 0.3 * wh
+            size = wh * (0.8 + 0.4 * torch.rand(gt.shape[0], 2, generator=g))
+            parts.append(torch.cat([c - size / 2, c + size / 2], dim=1))
+        xy = torch.rand(random, 2, generator=g) * torch.tensor([w, h])
+        size = 8 + torch.rand(random, 2, generator=g) * torch.tensor([w, h]) / 2
+        boxes = torch.cat(parts + [torch.cat([xy, xy + size], dim=1)])
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+        out.append(boxes)
+    return out
+
+
+def fixed_objective_losses(model, batch, proposals):
+    """The training losses with the RoI heads run on ``proposals`` (see :func:`fixed_proposals`):
+    RPN losses on its anchors (fixed targets) plus box/mask losses on fixed RoIs."""
+    images = model.preprocess_image(batch)
+    gt = model._gt_instances(batch)
+    features = model.backbone(images.tensor)
+    _, rpn_losses = model.proposal_generator(images, features, gt)
+    props = [Instances(size, proposal_boxes=Boxes(b.clone()), objectness_logits=torch.zeros(len(b)))
+             for size, b in zip(images.image_sizes, proposals)]
+    _, roi_losses = model.roi_heads(images, features, props, gt)
+    return {**rpn_losses, **roi_losses}
+
+
+RPN_TERMS = ("loss_rpn_cls", "loss_rpn_loc")
+ROI_TERMS = ("loss_cls", "loss_box_reg", "loss_mask")
+
+
+def train_steps(model, batch, *, steps=20, lr=0.01):
+    """SGD on one repeated batch with a fixed objective; returns every step's loss dict (floats).
+
+    Fixed objective: the RoI heads train on :func:`fixed_proposals` and the sampling RNG
+    is reseeded before each step, so every step samples the same anchors and RoIs and the
+    loss changes only because the weights do. On this objective plain SGD at a safe LR
+    decreases the loss smoothly: over 15 norm/head combinations x 7 perturbations (seeds,
+    1 or 2 threads, weight jitter up to 1e-3) the median of the last 5 steps was at most
+    0.77 of the first 3 (RPN terms 0.92, RoI terms 0.74), and the perturbed curves were
+    nearly identical, so a new torch release or another CPU cannot tip them over the
+    thresholds of :func:`assert_learns`.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
-    totals = []
+    proposals = fixed_proposals(batch)
+    history = []
     model.train()
     for _ in range(steps):
         torch.manual_seed(1)
-        losses = model(batch)
-        assert set(losses) == {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"}
+        losses = fixed_objective_losses(model, batch, proposals)
+        assert set(losses) == set(RPN_TERMS + ROI_TERMS), sorted(losses)
         for k, v in losses.items():
             assert v.dim() == 0 and torch.isfinite(v), (k, v)
         total = sum(losses.values())
@@ -176,16 +227,36 @@ def train_steps(model, batch, *, steps, lr):
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, 10.0)
         opt.step()
-        totals.append(total.item())
-    return totals
+        history.append({k: v.item() for k, v in losses.items()})
+    return history
+
+
+def assert_learns(history, what=""):
+    """The fixed-objective loss went down, as a whole and in the RPN and in the RoI heads.
+
+    Medians (last 5 steps against the first 3) with margins over the worst ratios seen
+    under perturbation (0.77 total, 0.92 RPN, 0.74 RoI heads; see :func:`train_steps`).
+    """
+    import statistics
+
+    def ratio(terms):
+        t = [sum(h[k] for k in terms) for h in history]
+        return statistics.median(t[-5:]) / statistics.median(t[:3])
+
+    curve = " ".join(f"{sum(h.values()):.3f}" for h in history)
+    total, rpn, roi = ratio(RPN_TERMS + ROI_TERMS), ratio(RPN_TERMS), ratio(ROI_TERMS)
+    assert total < 0.85, f"{what}: total loss did not go down enough ({total:.3f} of its start): {curve}"
+    assert rpn < 0.97, f"{what}: RPN loss did not go down ({rpn:.3f} of its start): {curve}"
+    assert roi < 0.85, f"{what}: RoI-head loss did not go down enough ({roi:.3f} of its start): {curve}"
 
 
 NORM_MODULES = {"FrozenBN": "FrozenBatchNorm2d", "GN": "GroupNorm", "LN": "GroupNorm", "IN": "GroupNorm", "BN": "BatchNorm2d"}
 
 
 def run_combination(arch, norm, box_head):
-    """Build ``tiny_cfg(arch, norm, box_head)``, train 12 steps on ``tiny_batch`` and check
-    that the total loss went down and that inference gives valid Instances."""
+    """Build ``tiny_cfg(arch, norm, box_head)``; check one real training forward (every loss
+    present and finite), that the fixed-objective loss goes down over 20 SGD steps
+    (:func:`assert_learns`), and that inference gives valid Instances."""
     from detgn.modeling import build_model
 
     torch.manual_seed(0)
@@ -194,9 +265,10 @@ def run_combination(arch, norm, box_head):
     batch = tiny_batch()
     if norm == "FrozenBN":
         calibrate_frozen_bn(model, batch)
-    totals = train_steps(model, batch, steps=12, lr=0.02)
-    first, last = sum(totals[:4]) / 4, sum(totals[-4:]) / 4
-    assert last < 0.95 * first, f"{arch} {norm} {box_head}: total loss did not go down: {totals}"
+    model.train()
+    losses = model(batch)  # the real path: RPN proposals feed the RoI heads
+    assert set(losses) == set(RPN_TERMS + ROI_TERMS) and all(torch.isfinite(v) for v in losses.values()), losses
+    assert_learns(train_steps(model, batch), f"{arch} {norm} {box_head}")
     model.eval()
     with torch.no_grad():
         outputs = model(batch)
