@@ -81,7 +81,11 @@ def step_train(args) -> float:
     if not args.fresh and (Path(args.output) / "last_checkpoint").is_file():
         cmd.insert(4, "--resume")
     print("[demo] 2-3/4 train + evaluate:", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    rc = subprocess.run(cmd).returncode
+    if rc != 0:  # train_net.py printed why (a user error: its message alone)
+        print(f"[demo] training stopped (tools/train_net.py exit status {rc}); run make demo again to resume "
+              "once the cause above is fixed", file=sys.stderr, flush=True)
+        raise SystemExit(rc)
     return time.time() - t0
 
 

@@ -23,7 +23,13 @@ def test_train_command_launches_processes_with_threads(demo, monkeypatch, tmp_pa
     when a checkpoint pointer exists (so an interrupted demo continues)."""
     monkeypatch.setattr(demo, "_available_cores", lambda: 2)
     calls = []
-    monkeypatch.setattr(demo.subprocess, "run", lambda cmd, check: calls.append(cmd))
+    status = {"rc": 0}
+
+    def fake_run(cmd):
+        calls.append(cmd)
+        return demo.subprocess.CompletedProcess(cmd, status["rc"])
+
+    monkeypatch.setattr(demo.subprocess, "run", fake_run)
     args = demo.argparse.Namespace(output=str(tmp_path), config="demo_gn_scratch", opts=["SEED", "3"], fresh=False, procs=0)
     demo.step_train(args)
     cmd = calls[-1]
@@ -33,3 +39,8 @@ def test_train_command_launches_processes_with_threads(demo, monkeypatch, tmp_pa
     (tmp_path / "last_checkpoint").write_text("model_0000199.pth")
     demo.step_train(args)
     assert "--resume" in calls[-1]
+    # A failed training run (train_net.py printed its message) ends the demo with its status.
+    status["rc"] = 1
+    with pytest.raises(SystemExit) as e:
+        demo.step_train(args)
+    assert e.value.code == 1
