@@ -130,12 +130,15 @@ def _polygon(rng: np.random.Generator, cx: float, cy: float, rx: float, ry: floa
     return [round(float(v), 2) for xy in zip(xs, ys) for v in xy]
 
 
-def _annotation_of(segm, h: int, w: int, *, ann_id: int, image_id: int, category_id: int, iscrowd: int) -> dict:
+def _annotation_of(segm, h: int, w: int, *, ann_id: int, image_id: int, category_id: int,
+                   iscrowd: int) -> Tuple[dict, np.ndarray]:
+    """The COCO record of a segmentation (bbox and area as pycocotools derives them) and its mask."""
     rle = mask_util.frPyObjects(segm, h, w)
     rle = mask_util.merge(rle) if isinstance(rle, list) else rle
     bbox = [round(float(v), 2) for v in mask_util.toBbox(rle)]
-    return {"segmentation": segm, "area": float(mask_util.area(rle)), "iscrowd": iscrowd, "image_id": image_id,
-            "bbox": bbox, "category_id": category_id, "id": ann_id}
+    ann = {"segmentation": segm, "area": float(mask_util.area(rle)), "iscrowd": iscrowd, "image_id": image_id,
+           "bbox": bbox, "category_id": category_id, "id": ann_id}
+    return ann, mask_util.decode(rle).astype(bool)
 
 
 def _image_record(image_id: int, h: int, w: int, split: str, rng: np.random.Generator) -> dict:
@@ -152,7 +155,7 @@ def _image_record(image_id: int, h: int, w: int, split: str, rng: np.random.Gene
 def _objects(image_id: int, h: int, w: int, kind: str, rng: np.random.Generator, next_id) -> Tuple[list, np.ndarray]:
     """Annotations of one image and the image painted with them."""
     image = rng.integers(70, 110, size=(h, w, 3), dtype=np.uint8)
-    anns = []
+    anns, masks = [], []
     if kind == "objects":
         for k in range(int(rng.integers(2, 5))):
             cat = int(rng.choice(list(_PAINTED)))
@@ -161,17 +164,18 @@ def _objects(image_id: int, h: int, w: int, kind: str, rng: np.random.Generator,
             segm = [_polygon(rng, cx, cy, rx, ry, int(rng.integers(6, 16)))]
             if k == 0:  # an object in two parts (e.g. occluded in the middle)
                 segm.append(_polygon(rng, min(cx + 1.6 * rx, w - rx / 3 - 1), cy, rx / 3, ry / 3, 5))
-            anns.append(_annotation_of(segm, h, w, ann_id=next_id(), image_id=image_id, category_id=cat, iscrowd=0))
+            ann, mask = _annotation_of(segm, h, w, ann_id=next_id(), image_id=image_id, category_id=cat, iscrowd=0)
+            anns.append(ann)
+            masks.append(mask)
     if kind in ("objects", "crowd_only"):  # a crowd region: uncompressed RLE, 9001 ids
         mask = np.zeros((h, w), bool)
         y0, x0 = int(h * 0.65), int(w * 0.05)
         mask[y0:y0 + h // 5, x0:x0 + w // 4] = True
-        crowd = _annotation_of(_uncompressed_rle(mask), h, w, ann_id=900100000000 + image_id, image_id=image_id,
-                               category_id=1, iscrowd=1)
+        crowd, mask = _annotation_of(_uncompressed_rle(mask), h, w, ann_id=900100000000 + image_id,
+                                     image_id=image_id, category_id=1, iscrowd=1)
         anns.append(crowd)
-    for a in anns:
-        rles = mask_util.frPyObjects(a["segmentation"], h, w)
-        m = mask_util.decode(mask_util.merge(rles) if isinstance(rles, list) else rles).astype(bool)
+        masks.append(mask)
+    for a, m in zip(anns, masks):
         image[m] = _PAINTED[a["category_id"]]
     return anns, image
 

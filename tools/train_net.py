@@ -190,10 +190,7 @@ def cli(argv=None) -> int:
         args.opts = args.opts[1:]
     try:
         launch(guarded_main, args.num_gpus, args=(args,))
-    except ConfigError as e:  # raised before any process starts (e.g. a bad --config)
-        print(f"Config error: {e}", file=sys.stderr)
-        return 2
-    except SystemExit as e:  # guarded_main reported the error
+    except SystemExit as e:  # guarded_main reported the error (config errors included)
         return int(e.code) if isinstance(e.code, int) else 1
     except torch.multiprocessing.ProcessExitedException as e:
         print(f"Error: training process {e.error_index} exited with status {e.exit_code} (its message is above)",

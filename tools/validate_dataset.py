@@ -75,8 +75,7 @@ def validate(json_file: str, image_root: str, *, check_files: bool = True, quick
     except CocoFormatError as e:
         print(f"FATAL: {e}", file=out)
         return 2
-    n_anns = len(data.get("annotations", []))
-    print(f"  {len(data['images'])} image records, {n_anns} annotations, {len(scan.categories.dataset_ids)} categories",
+    print(f"  {len(data['images'])} image records, {scan.num_annotations} annotations, {len(scan.categories.dataset_ids)} categories",
           file=out)
 
     groups = defaultdict(list)

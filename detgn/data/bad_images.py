@@ -132,11 +132,13 @@ class BadImageTracker:
         """Distinct files known to be unreadable."""
         return len(self._files)
 
+    def _by_fraction(self) -> int:
+        return int(self.max_fraction * self.dataset_size + 1e-9) if self.dataset_size else 0
+
     @property
     def limit(self) -> int:
         """The most distinct bad files allowed (before the "no readable image left" cap)."""
-        by_fraction = int(self.max_fraction * self.dataset_size + 1e-9) if self.dataset_size else 0
-        return max(self.max_bad_images, by_fraction)
+        return max(self.max_bad_images, self._by_fraction())
 
     def is_bad(self, file_name: Any) -> bool:
         return file_name in self._files
@@ -159,7 +161,7 @@ class BadImageTracker:
     def _limit_text(self) -> str:
         size = self.dataset_size
         frac = (f"DATALOADER.MAX_BAD_IMAGES_FRACTION={self.max_fraction:g} x {size} = "
-                f"{int(self.max_fraction * size + 1e-9)}" if size else
+                f"{self._by_fraction()}" if size else
                 f"DATALOADER.MAX_BAD_IMAGES_FRACTION={self.max_fraction:g}")
         return f"the larger of DATALOADER.MAX_BAD_IMAGES={self.max_bad_images} and {frac}"
 
@@ -340,7 +342,6 @@ class BadImageTracker:
                 "%d training image file(s) failed to read and were left out from then on: %s%s",
                 n, ", ".join(self.bad_files[:_SHOWN]), more,
             )
-
 
 
 class _SkipKnownBad:

@@ -16,6 +16,5 @@ class UserError(Exception):
 
 
 def is_user_error(exc: BaseException) -> bool:
-    """Whether ``exc`` (or, for a wrapper such as a DataLoader worker's re-raise, its
-    ``__cause__``) is a :class:`UserError`."""
+    """Whether ``exc`` is a :class:`UserError` (print its message alone)."""
     return isinstance(exc, UserError)

@@ -60,6 +60,15 @@ def _del(key):
     return mutate
 
 
+def _broken_copy(tiny_coco, ann_id, mutate):
+    """The tiny set with annotation ``ann_id`` mutated, written: (data, path, that annotation's image id)."""
+    data = tiny_coco.data
+    ann = _ann(data, ann_id)
+    image_id = ann["image_id"]
+    mutate(ann)
+    return data, tiny_coco.write(data), image_id
+
+
 # Structural problems: the default stops, naming the record; "skip" drops them.
 # (annotation id to break, mutation, reason, words the message must contain)
 STRUCTURAL_CASES = [
@@ -80,11 +89,7 @@ STRUCTURAL_CASES = [
 @pytest.mark.parametrize("ann_id,mutate,reason,words", STRUCTURAL_CASES,
                          ids=[c[2] + "-" + c[3][:12] for c in STRUCTURAL_CASES])
 def test_structural_problem_stops_the_default_and_skip_drops_it(tiny_coco, caplog, ann_id, mutate, reason, words):
-    data = tiny_coco.data
-    ann = _ann(data, ann_id)
-    image_id = ann["image_id"]
-    mutate(ann)
-    path = tiny_coco.write(data)
+    data, path, image_id = _broken_copy(tiny_coco, ann_id, mutate)
     for on_bad in ("drop_degenerate", "error"):
         with pytest.raises(CocoFormatError) as e:
             load_coco_json(path, tiny_coco.image_root, on_bad=on_bad)
@@ -123,11 +128,7 @@ DEGENERATE_CASES = [
 @pytest.mark.parametrize("ann_id,mutate,reason,words", DEGENERATE_CASES,
                          ids=[c[2] + "-" + c[3][:12] for c in DEGENERATE_CASES])
 def test_degenerate_annotation_is_dropped_and_named_by_default(tiny_coco, caplog, ann_id, mutate, reason, words):
-    data = tiny_coco.data
-    ann = _ann(data, ann_id)
-    image_id = ann["image_id"]
-    mutate(ann)
-    path = tiny_coco.write(data)
+    data, path, image_id = _broken_copy(tiny_coco, ann_id, mutate)
     with caplog.at_level(logging.WARNING, logger="detgn.data.coco"):
         records = load_coco_json(path, tiny_coco.image_root)
     kept = {a["id"] for r in records for a in r["annotations"]}
