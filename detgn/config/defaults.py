@@ -95,6 +95,38 @@ _C.MODEL.GROUP_NORM.DIM_PER_GP = -1
 _C.MODEL.GROUP_NORM.EPSILON = 1e-5
 
 # ---------------------------------------------------------------------------- #
+# EvalNorm (shared/papers/evalnorm.txt): evaluation-time statistics for BN layers
+# ---------------------------------------------------------------------------- #
+# Every "BN" layer (detgn.layers.BatchNorm2d; not FrozenBN, not SyncBN) can normalise
+# a sample at evaluation with mu = a*mu_i + (1-a)*mu_E and
+# var = b*var_i + (1-b)*var_E + b(1-b)(mu_i-mu_E)^2 (mu_i, var_i: the sample's own
+# statistics; mu_E, var_E: the running averages), a = b = 0 being plain BN and
+# a = b = 1 InstanceNorm. Each layer records the number of samples B it normalised
+# together in training (checkpointed), which the 1/B^2 rule uses.
+_C.MODEL.EVALNORM = CN()
+# Evaluate BN layers with EvalNorm statistics (False: the running averages, plain BN).
+_C.MODEL.EVALNORM.ENABLED = False
+# Where each layer's (alpha, beta) come from. "online": fitted during training by an
+# auxiliary L1 loss (loss_evalnorm) that reaches only alpha and beta, so the model's
+# own training is bit-for-bit the same as without EvalNorm; "offline": the values in
+# the weights (written by tools/calibrate_norm.py --method evalnorm_offline or
+# evalnorm_rule); "rule": alpha = beta = 1/B^2 from each layer's recorded B.
+_C.MODEL.EVALNORM.MODE = "online"
+# Weight of the online auxiliary loss (it reaches only alpha and beta).
+_C.MODEL.EVALNORM.LOSS_WEIGHT = 1.0
+# LR of alpha and beta relative to SOLVER.BASE_LR (same schedule, no weight decay).
+_C.MODEL.EVALNORM.LR_FACTOR = 1.0
+
+# ---------------------------------------------------------------------------- #
+# Image classifier (backbone pre-training: MODEL.META_ARCHITECTURE "ImageClassifier")
+# ---------------------------------------------------------------------------- #
+_C.MODEL.CLASSIFIER = CN()
+# Number of classes (ImageNet: 1000).
+_C.MODEL.CLASSIFIER.NUM_CLASSES = 1000
+# The ResNet stage whose globally average-pooled output feeds the linear classifier.
+_C.MODEL.CLASSIFIER.IN_FEATURE = "res5"
+
+# ---------------------------------------------------------------------------- #
 # Anchors
 # ---------------------------------------------------------------------------- #
 _C.MODEL.ANCHOR_GENERATOR = CN()
@@ -217,6 +249,16 @@ _C.INPUT.FORMAT = "BGR"
 # Masks as "polygon" or "bitmask" in training (RLE annotations are bitmasks).
 _C.INPUT.MASK_FORMAT = "polygon"
 
+# Classification inputs (ImageFolder datasets, MODEL.META_ARCHITECTURE "ImageClassifier").
+_C.INPUT.CLASSIFY = CN()
+# Training: a random crop covering MIN_AREA..1 of the image (aspect 3/4..4/3),
+# resized to TRAIN_CROP x TRAIN_CROP, flipped with INPUT.RANDOM_FLIP.
+_C.INPUT.CLASSIFY.TRAIN_CROP = 224
+_C.INPUT.CLASSIFY.MIN_AREA = 0.08
+# Test: shorter side resized to TEST_RESIZE, then the central TEST_CROP x TEST_CROP.
+_C.INPUT.CLASSIFY.TEST_RESIZE = 256
+_C.INPUT.CLASSIFY.TEST_CROP = 224
+
 # ---------------------------------------------------------------------------- #
 # Datasets
 # ---------------------------------------------------------------------------- #
@@ -314,6 +356,14 @@ _C.TEST = CN()
 _C.TEST.EVAL_PERIOD = 0
 # Detections kept per image.
 _C.TEST.DETECTIONS_PER_IMAGE = 100
+# PreciseBN: before each evaluation, replace the running statistics of every "BN"
+# layer (not FrozenBN, not SyncBN) by the exact pooled mean and variance of its
+# inputs over NUM_ITER training batches (summed over all processes).
+_C.TEST.PRECISE_BN = CN()
+# Recompute the BN statistics this way before each evaluation (and at the end of training).
+_C.TEST.PRECISE_BN.ENABLED = False
+# Training batches the statistics are pooled over.
+_C.TEST.PRECISE_BN.NUM_ITER = 200
 
 # ---------------------------------------------------------------------------- #
 # Misc
