@@ -215,9 +215,15 @@ class Trainer:
         self.storage.put_scalars(time=time.perf_counter() - start, data_time=data_time)
 
     def _clip(self) -> None:
-        if self.grad_clip > 0:
-            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        if self.grad_clip <= 0:
+            return
+        # EvalNorm's alpha/beta (group "evalnorm") are clipped on their own: their gradients
+        # must not change the model's clipping factor (EvalNorm leaves training unchanged).
+        for evalnorm in (False, True):
+            params = [p for g in self.optimizer.param_groups if (g.get("name") == "evalnorm") == evalnorm
+                      for p in g["params"] if p.grad is not None]
+            if params:
+                torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
 
     def _non_finite_error(self, loss_dict: Dict[str, torch.Tensor], batch) -> NonFiniteLossError:
         local = {k: float(v.detach().float()) for k, v in loss_dict.items()}

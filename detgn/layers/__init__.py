@@ -1,4 +1,13 @@
 """Building blocks shared by every part: norms, conv, NMS/RoIAlign, RoI pooling."""
+from .batch_norm import (
+    BatchNorm2d,
+    apply_evalnorm_rule,
+    configure_evalnorm,
+    evalnorm,
+    evalnorm_layers,
+    evalnorm_summary,
+    pop_evalnorm_loss,
+)
 from .conv import Conv2d
 from .norm import (
     NORM_NAMES,
@@ -16,6 +25,13 @@ from .weight_init import c2_msra_fill, c2_xavier_fill
 
 __all__ = [
     "NORM_NAMES",
+    "BatchNorm2d",
+    "apply_evalnorm_rule",
+    "configure_evalnorm",
+    "evalnorm",
+    "evalnorm_layers",
+    "evalnorm_summary",
+    "pop_evalnorm_loss",
     "Conv2d",
     "FrozenBatchNorm2d",
     "Norm",

@@ -7,7 +7,8 @@ it with a channel count builds the layer. The names are the paper's rows:
   buffers, so nothing trains and nothing is decayed.
 - ``"GN"``: GroupNorm with ``num_groups`` groups, or ``channels / dim_per_gp`` groups.
 - ``"LN"``: GroupNorm with one group. ``"IN"``: GroupNorm with one channel per group.
-- ``"BN"``: BatchNorm2d fine-tuned on the (per-process) batch.
+- ``"BN"``: BatchNorm2d fine-tuned on the (per-process) batch (:class:`.batch_norm.BatchNorm2d`:
+  records its training batch size and can evaluate with EvalNorm).
 - ``"SyncBN"``: BN whose batch statistics are summed over all processes.
 - ``""``: no norm (the conv keeps its bias).
 """
@@ -24,6 +25,8 @@ import torch.distributed as dist
 from torch import nn
 
 from detgn.utils.comm import get_world_size
+
+from .batch_norm import BatchNorm2d
 
 NORM_NAMES = ("", "FrozenBN", "GN", "LN", "IN", "BN", "SyncBN")
 
@@ -230,7 +233,7 @@ class Norm:
         if self.name == "FrozenBN":
             return FrozenBatchNorm2d(channels, eps=self.eps)
         if self.name == "BN":
-            return nn.BatchNorm2d(channels, eps=self.eps)
+            return BatchNorm2d(channels, eps=self.eps)
         if self.name == "SyncBN":
             return SyncBatchNorm2d(channels, eps=self.eps)
         if self.name == "GN":

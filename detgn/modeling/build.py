@@ -9,6 +9,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
+from detgn.config import ConfigError
+from detgn.layers.batch_norm import EVALNORM_MODES, configure_evalnorm
 from detgn.layers.norm import FrozenBatchNorm2d, norm_label
 
 from .meta_arch import GeneralizedRCNN
@@ -44,9 +46,23 @@ def build_model(cfg) -> nn.Module:
         raise ValueError(f"MODEL.META_ARCHITECTURE = {name!r} is unknown; choose one of {sorted(META_ARCH_REGISTRY)}")
     model = META_ARCH_REGISTRY[name].from_config(cfg)
     model.to(resolve_device(cfg.MODEL.DEVICE))
+    _configure_evalnorm(cfg, model)
     if cfg.VERBOSE_STARTUP:
         logger.info("Model:\n%s", describe_model(model))
     return model
+
+
+def _configure_evalnorm(cfg, model: nn.Module) -> None:
+    """MODEL.EVALNORM on the model's BN layers (after ``.to(device)``: online alpha/beta become parameters)."""
+    e = cfg.MODEL.EVALNORM
+    if e.MODE not in EVALNORM_MODES:
+        raise ConfigError(f"MODEL.EVALNORM.MODE = {e.MODE!r}; choose one of {list(EVALNORM_MODES)}")
+    count = configure_evalnorm(model, enabled=e.ENABLED, mode=e.MODE, loss_weight=e.LOSS_WEIGHT)
+    if e.ENABLED and count == 0:
+        logger.warning("MODEL.EVALNORM.ENABLED is True but the model has no BN layer (norm 'BN'): nothing to do")
+    elif e.ENABLED:
+        logger.info("EvalNorm (%s) in %d BN layer(s)%s", e.MODE, count,
+                    ": alpha and beta are fitted by loss_evalnorm during training" if e.MODE == "online" else "")
 
 
 def _norms(module: nn.Module) -> str:

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from detgn.layers.batch_norm import pop_evalnorm_loss
 from detgn.layers.mask_ops import paste_masks_in_image
 from detgn.structures import Boxes, ImageList, Instances
 
@@ -134,7 +135,7 @@ class GeneralizedRCNN(nn.Module):
         return out
 
     def forward(self, batched_inputs: List[Dict]):
-        """Training: ``{loss_rpn_cls, loss_rpn_loc, loss_cls, loss_box_reg[, loss_mask]}``.
+        """Training: ``{loss_rpn_cls, loss_rpn_loc, loss_cls, loss_box_reg[, loss_mask][, loss_evalnorm]}``.
         Inference: per image ``{"instances": Instances}`` at the original size."""
         if not self.training:
             return self.inference(batched_inputs)
@@ -145,6 +146,9 @@ class GeneralizedRCNN(nn.Module):
         _, detector_losses = self.roi_heads(images, features, proposals, gt_instances)
         losses = dict(proposal_losses)
         losses.update(detector_losses)
+        evalnorm_loss = pop_evalnorm_loss(self)  # only while BN layers fit EvalNorm online
+        if evalnorm_loss is not None:
+            losses["loss_evalnorm"] = evalnorm_loss
         return losses
 
     def inference(self, batched_inputs: List[Dict], do_postprocess: bool = True) -> List:

@@ -26,7 +26,10 @@ _NORM_TYPES = (_NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 # Group names, in the (fixed) order the optimizer sees them: optimizer state in a
 # checkpoint is matched to groups by position.
-_GROUP_ORDER = ("weights", "biases", "norm")
+_GROUP_ORDER = ("weights", "biases", "norm", "evalnorm")
+# EvalNorm's alpha and beta (detgn.layers.BatchNorm2d, fitted online): their own group,
+# no weight decay, so adding them changes nothing for the other parameters.
+_EVALNORM_PARAMS = ("evalnorm_alpha", "evalnorm_beta")
 
 
 def is_norm_module(module: nn.Module) -> bool:
@@ -42,6 +45,7 @@ def get_param_groups(
     weight_decay_norm: float,
     bias_lr_factor: float = 1.0,
     weight_decay_bias: float,
+    evalnorm_lr_factor: float = 1.0,
 ) -> List[Dict]:
     """Split the trainable parameters of ``model`` into optimizer groups.
 
@@ -52,11 +56,12 @@ def get_param_groups(
         weight_decay_norm: decay of every normalization layer's gamma and beta.
         bias_lr_factor: LR multiplier of non-norm biases.
         weight_decay_bias: decay of non-norm biases.
+        evalnorm_lr_factor: LR multiplier of EvalNorm's alpha and beta (never decayed).
 
     Returns:
-        up to three dicts ``{"name", "params", "param_names", "lr", "weight_decay"}``
-        ("weights", "biases", "norm"; empty ones are omitted). Each parameter appears
-        once even when shared between modules.
+        up to four dicts ``{"name", "params", "param_names", "lr", "weight_decay"}``
+        ("weights", "biases", "norm", "evalnorm"; empty ones are omitted). Each parameter
+        appears once even when shared between modules.
     """
     seen = set()
     groups: Dict[str, Dict] = {
@@ -69,6 +74,8 @@ def get_param_groups(
             "weight_decay": weight_decay_bias,
         },
         "norm": {"name": "norm", "params": [], "param_names": [], "lr": base_lr, "weight_decay": weight_decay_norm},
+        "evalnorm": {"name": "evalnorm", "params": [], "param_names": [], "lr": base_lr * evalnorm_lr_factor,
+                     "weight_decay": 0.0},
     }
     for mod_name, module in model.named_modules():
         norm = is_norm_module(module)
@@ -76,7 +83,10 @@ def get_param_groups(
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
-            kind = "norm" if norm else ("biases" if p_name == "bias" else "weights")
+            if norm and p_name in _EVALNORM_PARAMS:
+                kind = "evalnorm"
+            else:
+                kind = "norm" if norm else ("biases" if p_name == "bias" else "weights")
             groups[kind]["params"].append(p)
             groups[kind]["param_names"].append(f"{mod_name}.{p_name}" if mod_name else p_name)
     return [groups[k] for k in _GROUP_ORDER if groups[k]["params"]]
@@ -117,6 +127,7 @@ def build_optimizer(cfg, model: nn.Module, schedule: Schedule) -> torch.optim.Op
         weight_decay_norm=s.WEIGHT_DECAY_NORM,
         bias_lr_factor=s.BIAS_LR_FACTOR,
         weight_decay_bias=s.WEIGHT_DECAY_BIAS,
+        evalnorm_lr_factor=cfg.MODEL.EVALNORM.LR_FACTOR,
     )
     if not groups:
         raise ValueError(

@@ -5,6 +5,7 @@ from torch import nn
 
 from detgn.config import get_cfg
 from detgn.layers import (
+    BatchNorm2d,
     FrozenBatchNorm2d,
     Norm,
     SyncBatchNorm2d,
@@ -22,7 +23,8 @@ def test_every_name_builds_the_right_type():
     assert get_norm(None, 64) is None
     assert isinstance(get_norm("FrozenBN", 64), FrozenBatchNorm2d)
     bn = get_norm("BN", 64)
-    assert type(bn) is nn.BatchNorm2d
+    # detgn's BatchNorm2d: nn.BatchNorm2d in training, plus the EvalNorm records and evaluation.
+    assert type(bn) is BatchNorm2d and isinstance(bn, nn.BatchNorm2d)
     assert isinstance(get_norm("SyncBN", 64), SyncBatchNorm2d)
     for name in ("GN", "LN", "IN"):
         assert isinstance(get_norm(name, 64), nn.GroupNorm)

@@ -5,7 +5,7 @@ import torchvision
 from torch import nn
 
 from detgn.config import ConfigError, get_cfg
-from detgn.layers import FrozenBatchNorm2d, SyncBatchNorm2d
+from detgn.layers import BatchNorm2d, FrozenBatchNorm2d, SyncBatchNorm2d
 from detgn.modeling.backbone import (
     BasicBlock,
     BottleneckBlock,
@@ -138,7 +138,7 @@ def test_freeze_at(freeze_at, norm):
         norms = [m for m in part.modules() if isinstance(m, (nn.GroupNorm, nn.BatchNorm2d, FrozenBatchNorm2d))]
         assert norms
         if norm == "BN":
-            expected = FrozenBatchNorm2d if frozen else nn.BatchNorm2d
+            expected = FrozenBatchNorm2d if frozen else BatchNorm2d  # detgn's nn.BatchNorm2d
             assert all(type(m) is expected for m in norms), name
         else:
             assert all(type(m) is nn.GroupNorm for m in norms), name

@@ -1,0 +1,358 @@
+"""Fine-tuned BatchNorm ("BN") with EvalNorm: evaluation-time statistics for small batches.
+
+A BN layer trained on batches of B samples normalises a sample with statistics that
+partly come from the sample itself (EvalNorm paper, shared/papers/evalnorm.txt, eqs
+3-4, with alpha = 1/B and C the B - 1 other samples)::
+
+    mu_B  = a mu_i + (1 - a) mu_C
+    var_B = a var_i + (1 - a) var_C + a (1 - a) (mu_i - mu_C)^2
+
+Plain evaluation replaces mu_B, var_B by the running averages mu_E, var_E and so drops
+the sample's own share: for B = 2 that is half of it. EvalNorm (eqs 5-6) puts it back
+with two scalars per layer, alpha and beta::
+
+    mu^  = alpha mu_i + (1 - alpha) mu_E
+    var^ = beta var_i + (1 - beta) var_E + beta (1 - beta) (mu_i - mu_E)^2
+
+alpha = beta = 0 is plain BN evaluation (with the biased running variance, below),
+alpha = beta = 1 is InstanceNorm. Every sample is normalised by its own statistics and
+the running ones, so its output does not depend on its batch mates.
+
+The running variance torch keeps is the average of *unbiased* batch variances (n / (n-1)
+times the biased variance of the n = B*H*W values of a channel), while eq. 4 holds for
+biased variances: :class:`BatchNorm2d` records n and B (``train_numel``,
+``train_batch_size``: means over the training batches, checkpointed) and uses
+``running_var * (n - 1) / n`` as var_E. The three ways to get alpha and beta:
+
+- online (:func:`configure_evalnorm` with ``mode="online"``): during training, each layer
+  adds the auxiliary L1 loss of eq. 9 between its stop-gradient training output
+  ``(x - mu_B) / sigma_B`` and the EvalNorm output of the stop-gradient input. Only
+  alpha and beta receive gradients, so the model trains bit for bit as without EvalNorm;
+- offline (:func:`detgn.engine.norm_calibration.calibrate_evalnorm`): the same loss on a
+  trained, frozen model over training batches of the training batch size;
+- the rule of thumb alpha = beta = 1/B^2 (``mode="rule"`` or :func:`apply_evalnorm_rule`).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterator, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BatchNorm2d",
+    "EVALNORM_MODES",
+    "apply_evalnorm_rule",
+    "configure_evalnorm",
+    "evalnorm",
+    "evalnorm_layers",
+    "evalnorm_moments",
+    "evalnorm_summary",
+    "pop_evalnorm_loss",
+    "sample_moments",
+]
+
+EVALNORM_MODES = ("online", "offline", "rule")
+# State added to nn.BatchNorm2d's; absent from older checkpoints and foreign files.
+_EXTRA_STATE = ("train_batch_size", "train_numel", "evalnorm_alpha", "evalnorm_beta")
+
+
+# ---------------------------------------------------------------------------- #
+# Pure functions
+# ---------------------------------------------------------------------------- #
+def sample_moments(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample, per-channel mean and biased variance over the spatial dimensions.
+
+    Shapes: (N, C, *spatial) -> ((N, C), (N, C)); computed in float32 or wider.
+    """
+    dims = tuple(range(2, x.dim()))
+    xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    if not dims:  # (N, C): one value per channel and sample
+        return xf, torch.zeros_like(xf)
+    var, mean = torch.var_mean(xf, dim=dims, correction=0)
+    return mean, var
+
+
+def evalnorm_moments(
+    mu_i: torch.Tensor,
+    var_i: torch.Tensor,
+    mu_e: torch.Tensor,
+    var_e: torch.Tensor,
+    alpha: torch.Tensor,
+    beta: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """EvalNorm's mean and variance (eqs 5-6); with alpha = beta = 1/B, mu_e / var_e the
+    mean and biased variance of the other B - 1 samples, they are exactly the batch's (eqs 3-4).
+
+    Args:
+        mu_i, var_i: the sample's own mean and biased variance, (N, C).
+        mu_e, var_e: the other statistics, (C,) or (N, C).
+        alpha, beta: scalars (0-dim tensors or floats) or broadcastable tensors.
+    Returns:
+        (mu_hat, var_hat), each (N, C).
+    """
+    d = mu_i - mu_e
+    mu_hat = mu_e + alpha * d
+    var_hat = beta * var_i + (1 - beta) * var_e + beta * (1 - beta) * d * d
+    return mu_hat, var_hat
+
+
+def _normalize(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float,
+               weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``(x - mean) / sqrt(var + eps) * weight + bias`` with per-sample (N, C) statistics."""
+    scale = (var + eps).rsqrt()
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias
+    shape = scale.shape + (1,) * (x.dim() - 2)
+    return (x * scale.view(shape) + shift.view(shape)).to(x.dtype)
+
+
+def evalnorm(
+    x: torch.Tensor,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    alpha,
+    beta,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """EvalNorm evaluation of a BN layer: each sample normalised by eqs 5-6, then the affine.
+
+    ``running_var`` must be the biased running variance (see the module docstring).
+    alpha = beta = 0 gives ``F.batch_norm(x, running_mean, running_var, weight, bias,
+    training=False)``; alpha = beta = 1 gives ``F.instance_norm(x, weight=weight, bias=bias)``.
+
+    Shapes: x (N, C, *spatial); running statistics, weight and bias (C,) -> like x.
+    """
+    mu_i, var_i = sample_moments(x)
+    mu_hat, var_hat = evalnorm_moments(mu_i, var_i, running_mean.float(), running_var.float(), alpha, beta)
+    return _normalize(x, mu_hat, var_hat, eps, weight, bias)
+
+
+def _evalnorm_aux_loss(x: torch.Tensor, mu_e: torch.Tensor, var_e: torch.Tensor, alpha: torch.Tensor,
+                       beta: torch.Tensor, eps: float) -> torch.Tensor:
+    """Eq. 9: mean |<(x - mu_B) / sigma_B> - (<x> - mu^) / sigma^|, gradients only to alpha and beta."""
+    x = x.detach()
+    xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    mu_i, var_i = sample_moments(xf)
+    dims = (0,) + tuple(range(2, x.dim()))
+    var_b, mu_b = torch.var_mean(xf, dim=dims, correction=0)
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    target = (xf - mu_b.view(shape)) * (var_b + eps).rsqrt().view(shape)
+    mu_hat, var_hat = evalnorm_moments(mu_i, var_i, mu_e, var_e, alpha, beta)
+    estimate = _normalize(xf, mu_hat, var_hat, eps)
+    return (target - estimate).abs().mean()
+
+
+# ---------------------------------------------------------------------------- #
+# The layer
+# ---------------------------------------------------------------------------- #
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` (the "BN" norm) that records its training batch and can evaluate with EvalNorm.
+
+    Training output, running statistics and gradients are exactly ``nn.BatchNorm2d``'s.
+    Extra state (buffers, or parameters for alpha/beta while they are fitted):
+
+    - ``train_batch_size``, ``train_numel``: mean number of samples B, and of values
+      n = B*H*W per channel, normalised together in the training batches so far;
+    - ``evalnorm_alpha``, ``evalnorm_beta``: EvalNorm's scalars (0: plain BN).
+
+    Attributes set by :func:`configure_evalnorm` (not state): ``evalnorm_eval`` (use
+    EvalNorm in eval mode), ``evalnorm_rule`` (alpha = beta = 1/B^2 instead of the stored
+    values), ``evalnorm_loss_weight``. ``freeze_stats`` (set by calibration and PreciseBN)
+    makes training-mode forwards normalise with the batch statistics without updating
+    the running statistics or the records.
+
+    Shapes: (N, C, H, W) -> (N, C, H, W).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, **kwargs):
+        super().__init__(num_features, eps=eps, momentum=momentum, **kwargs)
+        self.register_buffer("train_batch_size", torch.zeros(()))
+        self.register_buffer("train_numel", torch.zeros(()))
+        self.register_buffer("evalnorm_alpha", torch.zeros(()))
+        self.register_buffer("evalnorm_beta", torch.zeros(()))
+        self.evalnorm_eval = False
+        self.evalnorm_rule = False
+        self.evalnorm_loss_weight = 1.0
+        self.freeze_stats = False
+        self._aux_losses: List[torch.Tensor] = []
+
+    # -- state ----------------------------------------------------------------
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # Files without the records (older checkpoints, torchvision or Caffe2 BN weights):
+        # keep this layer's values (0: B unknown, plain BN) instead of reporting them missing.
+        for name in _EXTRA_STATE:
+            state_dict.setdefault(prefix + name, getattr(self, name).detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    @property
+    def evalnorm_trainable(self) -> bool:
+        return isinstance(self.evalnorm_alpha, nn.Parameter)
+
+    def set_evalnorm_trainable(self, trainable: bool) -> None:
+        """Make alpha and beta parameters (to be fitted) or buffers; the state-dict keys stay the same."""
+        if trainable == self.evalnorm_trainable:
+            return
+        for name in ("evalnorm_alpha", "evalnorm_beta"):
+            value = getattr(self, name).detach().clone()
+            delattr(self, name)
+            if trainable:
+                self.register_parameter(name, nn.Parameter(value))
+            else:
+                self.register_buffer(name, value)
+
+    def biased_running_var(self) -> torch.Tensor:
+        """``running_var * (n - 1) / n`` with n the recorded values per channel (unchanged if unknown)."""
+        n = self.train_numel
+        # torch.where rather than an `if`: no host-device sync on the GPU.
+        factor = torch.where(n > 1, (n - 1) / n.clamp(min=1), torch.ones_like(n))
+        return self.running_var * factor
+
+    def evalnorm_weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(alpha, beta) used at evaluation: the stored values clipped to [0, 1], or 1/B^2 by the rule."""
+        if self.evalnorm_rule:
+            b = float(self.train_batch_size)
+            if b <= 0:
+                raise RuntimeError(
+                    "EvalNorm's 1/B^2 rule needs the training batch size this BN layer recorded, but the weights "
+                    "carry none (trained elsewhere or before detgn recorded it); use MODEL.EVALNORM.MODE offline "
+                    "with tools/calibrate_norm.py --method evalnorm_offline instead"
+                )
+            v = torch.full((), 1.0 / (b * b), device=self.running_mean.device)
+            return v, v
+        return self.evalnorm_alpha.detach().clamp(0, 1), self.evalnorm_beta.detach().clamp(0, 1)
+
+    # -- forward --------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            if not self.evalnorm_eval:
+                return super().forward(x)
+            alpha, beta = self.evalnorm_weights()
+            return evalnorm(x, self.running_mean, self.biased_running_var(), self.weight, self.bias, alpha, beta,
+                            self.eps)
+        fit = self.evalnorm_trainable and torch.is_grad_enabled()
+        if fit:
+            mu_e, var_e = self.running_mean.detach().clone(), self.biased_running_var().detach().clone()
+        if self.freeze_stats:
+            out = F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        else:
+            self._record_batch(x)
+            out = super().forward(x)
+        if fit:
+            with torch.no_grad():  # projected gradient descent: alpha, beta stay in [0, 1]
+                self.evalnorm_alpha.clamp_(0, 1)
+                self.evalnorm_beta.clamp_(0, 1)
+            loss = _evalnorm_aux_loss(x, mu_e.float(), var_e.float(), self.evalnorm_alpha, self.evalnorm_beta,
+                                      self.eps)
+            self._aux_losses.append(loss * self.evalnorm_loss_weight)
+        return out
+
+    @torch.no_grad()
+    def _record_batch(self, x: torch.Tensor) -> None:
+        # Running means over all training batches: exact for a constant batch (the usual case).
+        k = self.num_batches_tracked.to(self.train_batch_size.dtype) + 1.0  # a tensor: no GPU sync
+        b, n = float(x.shape[0]), float(x.numel() // max(x.shape[1], 1))
+        self.train_batch_size.add_((b - self.train_batch_size) / k)
+        self.train_numel.add_((n - self.train_numel) / k)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if self.evalnorm_eval:
+            s += ", evalnorm=" + ("rule 1/B^2" if self.evalnorm_rule else "on")
+        return s
+
+
+# ---------------------------------------------------------------------------- #
+# Model-level helpers
+# ---------------------------------------------------------------------------- #
+def evalnorm_layers(model: nn.Module) -> Iterator[Tuple[str, BatchNorm2d]]:
+    """The model's EvalNorm-capable BN layers (FrozenBN, SyncBN and GN are not)."""
+    for name, m in model.named_modules():
+        if isinstance(m, BatchNorm2d):
+            yield name, m
+
+
+def configure_evalnorm(model: nn.Module, *, enabled: bool, mode: str = "online", loss_weight: float = 1.0) -> int:
+    """Switch EvalNorm on or off in every BN layer of ``model``; returns how many layers there are.
+
+    Args:
+        enabled: evaluate with EvalNorm (False: plain BN evaluation, nothing fitted).
+        mode: "online" fits alpha, beta during training (they become parameters, to be given
+            to the optimizer); "offline" uses the stored values; "rule" uses 1/B^2.
+        loss_weight: weight of each layer's online auxiliary loss.
+    """
+    if mode not in EVALNORM_MODES:
+        raise ValueError(f"EvalNorm mode {mode!r} is unknown; choose one of {list(EVALNORM_MODES)}")
+    count = 0
+    for _, m in evalnorm_layers(model):
+        count += 1
+        m.evalnorm_eval = bool(enabled)
+        m.evalnorm_rule = bool(enabled) and mode == "rule"
+        m.evalnorm_loss_weight = float(loss_weight)
+        m.set_evalnorm_trainable(bool(enabled) and mode == "online")
+    return count
+
+
+def pop_evalnorm_loss(model: nn.Module) -> Optional[torch.Tensor]:
+    """Sum of the auxiliary losses the BN layers recorded since the last call (then cleared);
+    None when no layer fits alpha, beta. Meta-architectures add it as ``loss_evalnorm``."""
+    losses: List[torch.Tensor] = []
+    for _, m in evalnorm_layers(model):
+        if m._aux_losses:
+            losses.extend(m._aux_losses)
+            m._aux_losses = []
+    if not losses:
+        return None
+    return torch.stack(losses).sum()
+
+
+@torch.no_grad()
+def apply_evalnorm_rule(model: nn.Module) -> int:
+    """Store alpha = beta = 1/B^2 (B: each layer's recorded training batch) in every BN layer;
+    returns the number of layers set. Layers without a record are left as they are (warned)."""
+    done, unknown = 0, []
+    for name, m in evalnorm_layers(model):
+        b = float(m.train_batch_size)
+        if b <= 0:
+            unknown.append(name)
+            continue
+        m.evalnorm_alpha.fill_(1.0 / (b * b))
+        m.evalnorm_beta.fill_(1.0 / (b * b))
+        done += 1
+    if unknown:
+        logger.warning("EvalNorm 1/B^2 rule: %d BN layer(s) carry no recorded training batch size and keep their "
+                       "alpha/beta (e.g. %s)", len(unknown), unknown[0])
+    return done
+
+
+def evalnorm_summary(model: nn.Module) -> str:
+    """One line: how many BN layers, their recorded B and alpha/beta ranges, e.g. for the log."""
+    layers = [m for _, m in evalnorm_layers(model)]
+    if not layers:
+        return "no BN layer"
+    bs = sorted({round(float(m.train_batch_size), 2) for m in layers})
+    al, be = [], []
+    for m in layers:
+        rule = m.evalnorm_rule and float(m.train_batch_size) > 0
+        a, b = m.evalnorm_weights() if rule else (m.evalnorm_alpha.detach(), m.evalnorm_beta.detach())
+        al.append(float(a.clamp(0, 1)))
+        be.append(float(b.clamp(0, 1)))
+    if not layers[0].evalnorm_eval:
+        state = "plain BN"
+    else:
+        state = "EvalNorm, rule 1/B^2" if layers[0].evalnorm_rule else "EvalNorm"
+    b_text = ", ".join(f"{b:g}" for b in bs[:6]) + (" ..." if len(bs) > 6 else "")
+    return (f"{len(layers)} BN layers ({state} at evaluation); recorded training batch B: {b_text}; "
+            f"alpha {min(al):.3f}..{max(al):.3f} (median {sorted(al)[len(al) // 2]:.3f}), "
+            f"beta {min(be):.3f}..{max(be):.3f} (median {sorted(be)[len(be) // 2]:.3f})")
