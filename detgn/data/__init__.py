@@ -1,7 +1,8 @@
 """Datasets, COCO loading with validation, the mapper, samplers and loaders.
 
 ``detgn.data.synthetic`` (the synthetic COCO generator) is imported on first use of
-``generate_synthetic_coco`` only, so importing detgn.data stays light.
+``generate_synthetic_coco`` only, so importing detgn.data stays light; likewise
+``generate_synthetic_cls`` (``detgn.data.synthetic_cls``, the classification set).
 """
 from .build import (
     BadImageTracker,
@@ -12,6 +13,15 @@ from .build import (
 )
 from .catalog import DatasetCatalog, MetadataCatalog, register_coco_instances
 from .coco import CocoFormatError, load_coco_json
+from .image_folder import (
+    ClassificationMapper,
+    build_classification_test_loader,
+    build_classification_train_loader,
+    get_classification_dataset_dicts,
+    load_image_folder,
+    register_builtin_image_folders,
+    register_image_folder,
+)
 from .mapper import DatasetMapper, ImageReadError
 from .samplers import InferenceSampler, TrainingSampler
 
@@ -30,7 +40,16 @@ __all__ = [
     "BadImageTracker",
     "TooManyBadImagesError",
     "get_detection_dataset_dicts",
+    "ClassificationMapper",
+    "build_classification_train_loader",
+    "build_classification_test_loader",
+    "get_classification_dataset_dicts",
+    "load_image_folder",
+    "register_image_folder",
 ]
+
+# imagenet_{train,val}, synthetic_cls_{train,val} (paths resolved under DETGN_DATASETS at lookup).
+register_builtin_image_folders()
 
 
 def __getattr__(name):
@@ -38,4 +57,8 @@ def __getattr__(name):
         from .synthetic import generate_synthetic_coco
 
         return generate_synthetic_coco
+    if name == "generate_synthetic_cls":
+        from .synthetic_cls import generate_synthetic_cls
+
+        return generate_synthetic_cls
     raise AttributeError(f"module 'detgn.data' has no attribute '{name}'")

@@ -1,4 +1,5 @@
-"""Evaluation: the inference loop and COCO box / mask AP."""
+"""Evaluation: the inference loop, COCO box / mask AP and classification top-k error."""
+from .classification import ClassificationEvaluator
 from .coco_evaluator import (
     COCOEvaluator,
     encode_masks,
@@ -17,6 +18,7 @@ from .evaluator import (
 )
 
 __all__ = [
+    "ClassificationEvaluator",
     "COCOEvaluator",
     "DatasetEvaluator",
     "DatasetEvaluators",

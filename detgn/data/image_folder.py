@@ -1,0 +1,361 @@
+"""ImageFolder datasets (ImageNet layout ``root/<class name>/<image>``) for the image classifier.
+
+Records are ``{"file_name", "image_id", "label"}`` dicts (``image_id`` is the index in
+the listing, ``label`` the index of the class in the sorted class list), so the data path
+is the detection one: records -> :class:`ClassificationMapper` -> ``make_train_loader`` /
+``make_test_loader`` (exact resume, per-sample augmentation generators, unreadable
+training files skipped and counted, see :mod:`detgn.data.build`).
+
+A validation set takes its labels from the TRAINING set's class list
+(``register_image_folder(..., classes_of=train_name)``), so a val folder that lacks a
+class does not shift the labels of the others; a val class the training set does not
+have is an error.
+
+Built-in names (registered by :func:`register_builtin_image_folders`, under
+``$DETGN_DATASETS``, default ``./datasets``, resolved at lookup time):
+``imagenet_train`` / ``imagenet_val`` -> ``imagenet/{train,val}``,
+``synthetic_cls_train`` / ``synthetic_cls_val`` -> ``synthetic_cls/{train,val}``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+import torch
+
+from .bad_images import BadImageTracker
+from .build import TrainLoader, _resolve_seed, make_test_loader, make_train_loader
+from .catalog import DatasetCatalog, DatasetNotFoundError, MetadataCatalog, datasets_root
+from .mapper import read_image
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "load_image_folder",
+    "register_image_folder",
+    "register_builtin_image_folders",
+    "get_classification_dataset_dicts",
+    "ClassificationMapper",
+    "build_classification_train_loader",
+    "build_classification_test_loader",
+    "BUILTIN_IMAGE_FOLDERS",
+]
+
+# name -> (folder relative to the datasets root, name of the set whose classes it uses)
+BUILTIN_IMAGE_FOLDERS = {
+    "imagenet_train": ("imagenet/train", None),
+    "imagenet_val": ("imagenet/val", "imagenet_train"),
+    "synthetic_cls_train": ("synthetic_cls/train", None),
+    "synthetic_cls_val": ("synthetic_cls/val", "synthetic_cls_train"),
+}
+
+_HOW_TO_GET = {
+    "imagenet": "put ILSVRC2012 there as train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (the val images sorted into "
+                "per-class folders, e.g. by ILSVRC2012's validation ground truth)",
+    "synthetic_cls": "create it with `python datasets/prepare_synthetic_cls.py --out <DETGN_DATASETS>/synthetic_cls`",
+}
+_LAYOUT = "root/<class name>/<image>.{jpg,jpeg,png,...}, one folder per class (the ImageNet layout)"
+
+# ----------------------------------------------------------------------------- listing
+
+
+def _not_found(root: str, what: str, hint: Optional[str]) -> DatasetNotFoundError:
+    env = os.environ.get("DETGN_DATASETS", "<unset: ./datasets>")
+    return DatasetNotFoundError(
+        f"{what} at {root}. Expected {_LAYOUT}. Built-in sets are looked up under DETGN_DATASETS={env}"
+        + (f"; {hint}." if hint else ".")
+    )
+
+
+def _folder_classes(root: str, hint: Optional[str] = None) -> List[str]:
+    from torchvision.datasets.folder import find_classes  # here: torchvision is slow to import
+
+    if not os.path.isdir(root):
+        raise _not_found(root, "Image folder dataset not found", hint)
+    try:
+        return find_classes(root)[0]
+    except FileNotFoundError:  # no class sub-folder at all
+        raise _not_found(root, "No class folders found", hint) from None
+
+
+def _list(root: str, classes: Optional[Sequence[str]], hint: Optional[str]) -> Tuple[List[dict], List[str]]:
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    root = os.path.abspath(os.path.expanduser(os.fspath(root)))
+    found = _folder_classes(root, hint)
+    if classes is None:
+        classes = found
+    else:
+        classes = list(classes)
+        unknown = [c for c in found if c not in classes]
+        if unknown:
+            shown = ", ".join(repr(c) for c in unknown[:10])
+            shown += f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+            raise ValueError(
+                f"{root}: class folder(s) {shown} are not classes of the training set ({len(classes)} classes: "
+                f"{', '.join(classes[:10])}{' ...' if len(classes) > 10 else ''}); a validation folder may only "
+                "hold classes the model was trained on"
+            )
+    index = {c: i for i, c in enumerate(classes)}
+    try:
+        # Only the folder's own classes, with the given labels: a missing class shifts nothing.
+        samples = make_dataset(root, {c: index[c] for c in found}, extensions=IMG_EXTENSIONS)
+    except FileNotFoundError as e:  # a class folder without a single image
+        raise _not_found(root, f"Class folder(s) without images ({e})", hint) from None
+    records = [{"file_name": path, "image_id": i, "label": int(label)} for i, (path, label) in enumerate(samples)]
+    return records, list(classes)
+
+
+def load_image_folder(root: str, *, classes: Optional[Sequence[str]] = None) -> Tuple[List[dict], List[str]]:
+    """List an ImageFolder dataset (``root/<class name>/<image>``).
+
+    Args:
+        root: the folder holding one sub-folder per class.
+        classes: the class list that defines the labels (a validation set passes its
+            training set's); None: the sorted sub-folder names of ``root``.
+    Returns:
+        ``(records, classes)``: records ``{"file_name" (absolute path), "image_id" (index in
+        the listing), "label" (index into classes)}`` sorted by class folder then file name.
+    Raises:
+        DatasetNotFoundError: ``root`` is missing, has no class folder, or a class folder has no image.
+        ValueError: a class folder of ``root`` is not in the given ``classes``.
+    """
+    return _list(root, classes, hint=None)
+
+
+# ---------------------------------------------------------------------------- registering
+PathLike = Union[str, os.PathLike, Callable[[], str]]
+
+
+def register_image_folder(name: str, root: PathLike, *, classes_of: Optional[str] = None) -> None:
+    """Register an ImageFolder dataset under ``name``.
+
+    Args:
+        root: the folder of class sub-folders, or a zero-argument function returning it
+            (resolved at every lookup).
+        classes_of: the registered training set whose class list gives this set's labels
+            (for a validation set); None: this folder's own classes.
+
+    Metadata: ``classes`` (listed when asked for), ``image_root``, ``classes_of`` and
+    ``evaluator_type = "classification"``.
+    """
+    root_fn = root if callable(root) else (lambda path=os.path.abspath(os.fspath(root)): path)
+    _register(name, root_fn, classes_of=classes_of, hint=lambda: None)
+
+
+def _register(name: str, root_fn: Callable[[], str], *, classes_of: Optional[str],
+              hint: Callable[[], Optional[str]]) -> None:
+    def classes() -> List[str]:
+        if classes_of is not None:
+            return list(MetadataCatalog.get(classes_of).classes)
+        return _folder_classes(root_fn(), hint())
+
+    def load() -> List[dict]:
+        root, labels = root_fn(), None
+        try:
+            if classes_of is not None:
+                _folder_classes(root, hint())  # its own folder missing is the first thing to say
+                try:
+                    labels = classes()
+                except DatasetNotFoundError as e:
+                    raise DatasetNotFoundError(
+                        f"it takes its labels from '{classes_of}', which is missing: {e}") from None
+            return _list(root, labels, hint())[0]
+        except DatasetNotFoundError as e:  # name the dataset: the path alone may not say which
+            raise DatasetNotFoundError(f"Dataset '{name}': {e}") from None
+
+    DatasetCatalog.register(name, load)
+    meta = MetadataCatalog.get(name)
+    meta.set(evaluator_type="classification", classes_of=classes_of)
+    meta.set_lazy(image_root=root_fn, classes=classes)
+
+
+def register_builtin_image_folders() -> None:
+    """Register :data:`BUILTIN_IMAGE_FOLDERS` (paths under ``datasets_root()`` at lookup time)."""
+    for name, (rel, classes_of) in BUILTIN_IMAGE_FOLDERS.items():
+        family = rel.split("/")[0]
+        # Default arguments bind this iteration's values.
+        _register(name, lambda rel=rel: os.path.join(datasets_root(), rel), classes_of=classes_of,
+                  hint=lambda family=family: _HOW_TO_GET[family])
+
+
+def get_classification_dataset_dicts(names: Union[str, Sequence[str]]) -> Tuple[List[dict], List[str]]:
+    """Records of one or more registered classification sets, concatenated, and their classes.
+
+    Several sets must share their class list; ``image_id`` is renumbered over the
+    concatenation so it stays unique.
+    """
+    names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise ValueError("No dataset names given (DATASETS.TRAIN / DATASETS.TEST is empty)")
+    records: List[dict] = []
+    classes: Dict[str, List[str]] = {}
+    for name in names:
+        dicts = DatasetCatalog.get(name)
+        if not dicts:
+            raise ValueError(f"Dataset '{name}' has no images")
+        classes[name] = list(MetadataCatalog.get(name).classes)
+        records.extend(dicts)
+    if len({tuple(c) for c in classes.values()}) > 1:
+        listing = "; ".join(f"{n}: {len(c)} classes {c[:5]}{'...' if len(c) > 5 else ''}" for n, c in classes.items())
+        raise ValueError(f"Datasets {names} disagree on their classes ({listing}); train on sets that share them")
+    if len(names) > 1:
+        records = [{**r, "image_id": i} for i, r in enumerate(records)]
+    return records, classes[names[0]]
+
+
+# -------------------------------------------------------------------------------- mapper
+def random_resized_crop_box(height: int, width: int, *, min_area: float, rng: np.random.Generator,
+                            ratio: Tuple[float, float] = (3 / 4, 4 / 3), tries: int = 10) -> Tuple[int, int, int, int]:
+    """A random crop ``(top, left, h, w)`` of ``min_area..1`` of the image, aspect (w/h) in ``ratio``.
+
+    Up to ``tries`` draws; when none fits, the largest central crop with an aspect in
+    ``ratio`` (the whole image if its own aspect is in range).
+    """
+    area = height * width
+    log_lo, log_hi = np.log(ratio[0]), np.log(ratio[1])
+    for _ in range(tries):
+        target = area * rng.uniform(min_area, 1.0)
+        aspect = np.exp(rng.uniform(log_lo, log_hi))
+        w = int(round(np.sqrt(target * aspect)))
+        h = int(round(np.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    aspect = width / height
+    if aspect < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif aspect > ratio[1]:
+        w, h = int(round(height * ratio[1])), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    if (image.shape[1], image.shape[0]) == (width, height):
+        return image
+    # INTER_AREA averages all source pixels when shrinking a lot; LINEAR would alias.
+    shrink = image.shape[0] > 2 * height and image.shape[1] > 2 * width
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+class ClassificationMapper:
+    """Map a classification record to the model's input dict.
+
+    Args:
+        is_train: training mapping (random resized crop, random flip) or test mapping
+            (shorter side to ``test_resize``, central crop).
+        train_crop: side of the square training crop.
+        min_area: smallest fraction of the image area a training crop covers.
+        test_resize: shorter side after the test resize.
+        test_crop: side of the central square test crop (<= ``test_resize``).
+        random_flip: probability of a horizontal flip in training.
+        image_format: "BGR" or "RGB", the channel order of the output.
+    Returns (from ``__call__(record, rng=None)``):
+        ``{"image": (3, S, S) uint8 tensor (S = train_crop or test_crop), "label": int,
+        "image_id", "file_name"}``. Training draws come from ``rng`` (the loader passes a
+        per-sample ``numpy.random.Generator``); an unreadable file raises ``ImageReadError``.
+    """
+
+    def __init__(self, *, is_train: bool, train_crop: int = 224, min_area: float = 0.08, test_resize: int = 256,
+                 test_crop: int = 224, random_flip: float = 0.5, image_format: str = "BGR"):
+        if image_format not in ("BGR", "RGB"):
+            raise ValueError(f"image_format must be 'BGR' or 'RGB' (INPUT.FORMAT), got {image_format!r}")
+        if not 0.0 <= random_flip <= 1.0:
+            raise ValueError(f"random_flip is a probability in [0, 1] (INPUT.RANDOM_FLIP), got {random_flip}")
+        if not 0.0 < min_area <= 1.0:
+            raise ValueError(f"min_area must be in (0, 1] (INPUT.CLASSIFY.MIN_AREA), got {min_area}")
+        if min(train_crop, test_resize, test_crop) <= 0:
+            raise ValueError(f"crop and resize sizes must be positive, got train_crop={train_crop}, "
+                             f"test_resize={test_resize}, test_crop={test_crop} (INPUT.CLASSIFY.*)")
+        if test_crop > test_resize:
+            raise ValueError(f"test_crop ({test_crop}) must not exceed test_resize ({test_resize}): the central crop "
+                             "is cut from the resized image (INPUT.CLASSIFY.TEST_CROP / TEST_RESIZE)")
+        self.is_train = is_train
+        self.train_crop, self.min_area = int(train_crop), float(min_area)
+        self.test_resize, self.test_crop = int(test_resize), int(test_crop)
+        self.random_flip = float(random_flip)
+        self.image_format = image_format
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool) -> "ClassificationMapper":
+        c = cfg.INPUT.CLASSIFY
+        return cls(is_train=is_train, train_crop=c.TRAIN_CROP, min_area=c.MIN_AREA, test_resize=c.TEST_RESIZE,
+                   test_crop=c.TEST_CROP, random_flip=cfg.INPUT.RANDOM_FLIP, image_format=cfg.INPUT.FORMAT)
+
+    def train_image(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """(H, W, 3) -> random resized crop, maybe flipped, (train_crop, train_crop, 3)."""
+        top, left, h, w = random_resized_crop_box(image.shape[0], image.shape[1], min_area=self.min_area, rng=rng)
+        out = _resize(image[top:top + h, left:left + w], self.train_crop, self.train_crop)
+        return out[:, ::-1] if rng.random() < self.random_flip else out
+
+    def test_image(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) -> shorter side to test_resize, central (test_crop, test_crop, 3)."""
+        h, w = image.shape[:2]
+        scale = self.test_resize / min(h, w)
+        new_h, new_w = max(self.test_resize, int(round(h * scale))), max(self.test_resize, int(round(w * scale)))
+        image = _resize(image, new_w, new_h)
+        top, left = int(round((new_h - self.test_crop) / 2)), int(round((new_w - self.test_crop) / 2))
+        return image[top:top + self.test_crop, left:left + self.test_crop]
+
+    def __call__(self, record: Dict[str, Any], rng: Optional[np.random.Generator] = None) -> Dict[str, Any]:
+        file_name, image_id = record["file_name"], record.get("image_id")
+        image = read_image(file_name, image_format=self.image_format, image_id=image_id)
+        if self.is_train:
+            # Without a generator, fresh OS entropy (never a global RNG); loaders always pass one.
+            image = self.train_image(image, rng if rng is not None else np.random.default_rng())
+        else:
+            image = self.test_image(image)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "label": int(record["label"]),
+            "image_id": image_id,
+            "file_name": file_name,
+        }
+
+
+# ------------------------------------------------------------------------------- loaders
+def _roots(names: Sequence[str]) -> str:
+    return ", ".join(str(MetadataCatalog.get(n).get("image_root", n)) for n in names)
+
+
+def build_classification_train_loader(cfg, *, mapper: Optional[Callable] = None, start_iter: int = 0,
+                                      bad_images: Optional[BadImageTracker] = None) -> TrainLoader:
+    """Infinite loader of ``SOLVER.IMS_PER_GPU``-image batches of ``DATASETS.TRAIN`` for this rank.
+
+    The classification twin of :func:`detgn.data.build_detection_train_loader`: the same
+    deterministic, exactly resumable stream (seed ``SEED``, per-sample augmentation
+    generators), unreadable files skipped and counted by ``bad_images`` (None: a new
+    tracker with the ``DATALOADER.MAX_BAD_IMAGES*`` limits), no aspect-ratio grouping.
+    """
+    names = [cfg.DATASETS.TRAIN] if isinstance(cfg.DATASETS.TRAIN, str) else list(cfg.DATASETS.TRAIN)
+    records, classes = get_classification_dataset_dicts(names)
+    logger.info("Classification training set %s: %d images of %d classes", ", ".join(names), len(records),
+                len(classes))
+    return make_train_loader(
+        records,
+        mapper=mapper if mapper is not None else ClassificationMapper.from_config(cfg, True),
+        batch_size=cfg.SOLVER.IMS_PER_GPU,
+        seed=_resolve_seed(cfg.SEED),
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        aspect_ratio_grouping=False,  # every training image is cropped to the same square
+        bad_images=bad_images if bad_images is not None else BadImageTracker.from_config(cfg),
+        start_iter=start_iter,
+        # tools/validate_dataset.py reads COCO-format sets only.
+        validate_hint=f"a pass that decodes every image under {_roots(names)}",
+    )
+
+
+def build_classification_test_loader(cfg, dataset_name: str, *, mapper: Optional[Callable] = None):
+    """Every image of ``dataset_name`` exactly once across ranks, batch of 1, test mapping."""
+    records, _ = get_classification_dataset_dicts(dataset_name)
+    return make_test_loader(
+        records,
+        mapper=mapper if mapper is not None else ClassificationMapper.from_config(cfg, False),
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )
