@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Train or evaluate a detgn model.
+"""Train or evaluate a detgn model (a detector, or with MODEL.META_ARCHITECTURE "ImageClassifier"
+a backbone pre-trained as a classifier; see tools/pretrain_backbone.py).
 
     python tools/train_net.py --config fpn_gn_long.yaml [--resume] [--eval-only] [KEY VALUE ...]
     torchrun --nproc_per_node=8 tools/train_net.py --config fpn_gn_long.yaml
@@ -32,6 +33,7 @@ from detgn.engine import (  # noqa: E402
     init_distributed,
     launch,
 )
+from detgn.engine.tasks import build_test_loader_and_evaluator, build_train_loader, is_classifier  # noqa: E402
 from detgn.utils import comm  # noqa: E402
 from detgn.utils.errors import UserError  # noqa: E402
 
@@ -51,13 +53,15 @@ def setup(args):
 
 def do_test(cfg, model) -> Dict:
     """Evaluate ``model`` on every DATASETS.TEST set; results by dataset (or the one set's)."""
-    from detgn.data import build_detection_test_loader
-    from detgn.evaluation import COCOEvaluator, inference_on_dataset
+    from detgn.evaluation import inference_on_dataset
+    from detgn.layers import log_evalnorm_state
 
+    if comm.is_main_process():
+        log_evalnorm_state(model)
     results = {}
     for name in cfg.DATASETS.TEST:
-        loader = build_detection_test_loader(cfg, name)
-        evaluator = COCOEvaluator(name, output_dir=os.path.join(cfg.OUTPUT_DIR, "inference", name))
+        out = os.path.join(cfg.OUTPUT_DIR, "inference", name)
+        loader, evaluator = build_test_loader_and_evaluator(cfg, name, output_dir=out)
         results[name] = inference_on_dataset(model, loader, evaluator)
         if comm.is_main_process():
             logger.info("Results on %s: %s", name, _summary(results[name]))
@@ -68,7 +72,8 @@ def _summary(res: Dict) -> str:
     parts = []
     for task, metrics in res.items():
         if isinstance(metrics, dict):
-            parts.append(task + " " + " ".join(f"{k}={metrics[k]:.2f}" for k in ("AP", "AP50", "AP75") if k in metrics))
+            keys = ("AP", "AP50", "AP75", "top1_err", "top5_err")
+            parts.append(task + " " + " ".join(f"{k}={metrics[k]:.2f}" for k in keys if k in metrics))
     return "; ".join(parts) or str(res)
 
 
@@ -114,6 +119,11 @@ def _check_eval_weights(cfg) -> None:
 
 def _check_detector_loaded(cfg, report) -> None:
     """After loading for --eval-only: a file without RPN and box-head weights is not a detector."""
+    if is_classifier(cfg):
+        if not any(k.startswith("fc.") for k in report.loaded):
+            raise EvalWeightsError(f"--eval-only: {cfg.MODEL.WEIGHTS} holds no classifier (fc) weights; pass a "
+                                   "tools/pretrain_backbone.py checkpoint (OUTPUT_DIR/model_final.pth)")
+        return
     heads = [k for k in report.loaded if k.startswith(("proposal_generator.", "roi_heads.box_predictor."))]
     if not heads:
         raise EvalWeightsError(
@@ -143,7 +153,7 @@ def main(args):
             _check_detector_loaded(cfg, report)
         return do_test(cfg, model)
 
-    from detgn.data import BadImageTracker, build_detection_train_loader
+    from detgn.data import BadImageTracker
 
     # Unreadable training files: found once, skipped from then on; checkpointed (and so
     # restored by --resume before the loader is built), reported in the results.
@@ -151,15 +161,22 @@ def main(args):
     trainer = build_trainer(
         cfg,
         model,
-        data_loader_fn=lambda start_iter: build_detection_train_loader(cfg, start_iter=start_iter,
-                                                                       bad_images=bad_images),
+        data_loader_fn=lambda start_iter: build_train_loader(cfg, start_iter=start_iter, bad_images=bad_images),
         eval_fn=(lambda: do_test(cfg, model)) if cfg.DATASETS.TEST else None,
         bad_images=bad_images,
+        # PreciseBN reads the training set from its start with a loader of its own.
+        precise_bn_data_fn=lambda: build_train_loader(cfg, bad_images=bad_images.copy_known_files()),
     )
     trainer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume, allow_pickle=cfg.MODEL.WEIGHTS_ALLOW_PICKLE)
     trainer.train()
     # Every rank logs it (log.txt.rankN): DDP must leave all ranks with the same weights.
     logger.info("Final weights digest (rank %d): %s", comm.get_rank(), weights_digest(model))
+    if is_classifier(cfg) and comm.is_main_process():
+        from detgn.modeling.classifier import save_trunk
+
+        path = save_trunk(model, os.path.join(cfg.OUTPUT_DIR, "trunk_final.pth"), cfg=cfg)
+        logger.info("Pre-trained trunk written to %s: detection configs load it with MODEL.WEIGHTS %s "
+                    "(the same MODEL.RESNETS.* and MODEL.PIXEL_MEAN/STD)", path, path)
     eval_hooks = [h for h in trainer.hooks if isinstance(h, EvalHook)]
     results = eval_hooks[0].last_results if eval_hooks else {}
     if bad_images.num_bad_images:

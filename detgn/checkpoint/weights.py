@@ -209,6 +209,10 @@ def _load_pth(path: str, *, model: nn.Module, allow_pickle: bool) -> ConvertedWe
     or a torchvision Mask R-CNN / ImageNet ResNet state dict (recognised by its keys)."""
     obj = load_checkpoint_file(path, allow_pickle=allow_pickle)
     kind = "state dict"
+    own = model.state_dict()
+    if isinstance(obj, dict) and isinstance(obj.get("trunk"), dict):  # a pre-trained trunk export
+        return _classifier_trunk(path, obj["trunk"], own, meta=obj.get("meta"), model=model,
+                                 what="detgn pre-trained trunk")
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj, kind = obj["model"], "detgn checkpoint"
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -220,7 +224,10 @@ def _load_pth(path: str, *, model: nn.Module, allow_pickle: bool) -> ConvertedWe
         raise CheckpointError(f"{path} holds no tensors; keys: {list(obj)[:10]}")
     if all(k.startswith("module.") for k in state):  # saved from a DDP-wrapped model
         state = {k[len("module."):]: v for k, v in state.items()}
-    own = model.state_dict()
+    if _is_classifier_state(state) and not any(k.startswith(_TRUNK_PREFIX) for k in own):
+        trunk = {k[len(_TRUNK_PREFIX):]: v for k, v in state.items() if k.startswith(_TRUNK_PREFIX)}
+        return _classifier_trunk(path, trunk, own, meta=None, model=model, what="detgn classifier checkpoint",
+                                 ignored=[k for k in state if not k.startswith(_TRUNK_PREFIX)])
     # A torchvision layout is converted unless the model itself uses those names.
     if is_torchvision_maskrcnn(state) and not any(k.startswith("backbone.body.") for k in own):
         converted, unused = convert_torchvision_maskrcnn(state)
@@ -232,6 +239,29 @@ def _load_pth(path: str, *, model: nn.Module, allow_pickle: bool) -> ConvertedWe
         return ConvertedWeights(placed, format="torchvision ImageNet ResNet", unused=unused + unmatched,
                                 notes=_pixel_note(model, "torchvision ImageNet"))
     return ConvertedWeights(state, format=kind)
+
+
+_TRUNK_PREFIX = "trunk."
+
+
+def _is_classifier_state(state: Dict[str, torch.Tensor]) -> bool:
+    """An ImageClassifier's state dict: its trunk and the linear layer, nothing else."""
+    return any(k.startswith(_TRUNK_PREFIX) for k in state) and all(k.startswith((_TRUNK_PREFIX, "fc.")) for k in state)
+
+
+def _classifier_trunk(path: str, trunk: Dict, own, *, meta, model: nn.Module, what: str,
+                      ignored: Optional[List[str]] = None) -> ConvertedWeights:
+    """A pre-trained trunk (part-relative names) placed into any model that has a ResNet."""
+    tensors = {k: v for k, v in trunk.items() if isinstance(v, torch.Tensor)}
+    placed, unmatched = _align(path, tensors, own)
+    notes = []
+    mean = (meta or {}).get("pixel_mean") if isinstance(meta, dict) else None
+    own_mean = getattr(model, "pixel_mean", None)
+    if mean is not None and isinstance(own_mean, torch.Tensor) and not torch.allclose(
+            own_mean.flatten().cpu().float(), torch.tensor(mean, dtype=torch.float32), atol=1e-3):
+        notes.append(f"the trunk was pre-trained with MODEL.PIXEL_MEAN {list(mean)} (and PIXEL_STD "
+                     f"{(meta or {}).get('pixel_std')}); this model uses {own_mean.flatten().tolist()}: set them to match")
+    return ConvertedWeights(placed, format=what, unused=unmatched, ignored=list(ignored or []), notes=notes)
 
 
 def _align(path: str, converted: Dict[str, torch.Tensor], own) -> Tuple[Dict[str, torch.Tensor], List[str]]:

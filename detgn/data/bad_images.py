@@ -332,6 +332,14 @@ class BadImageTracker:
         self._unshared = []
         self._saved = dict(state["loader"]) if state.get("loader") else None
 
+    def copy_known_files(self) -> "BadImageTracker":
+        """A new tracker, same limits, that skips the files this one knows but holds no loader
+        position: for a second loader over the training set (PreciseBN's), which must not
+        move the position this one checkpoints."""
+        other = BadImageTracker(max_bad_images=self.max_bad_images, max_fraction=self.max_fraction)
+        other.load_state_dict({"files": self.state_dict()["files"]})
+        return other
+
     # -- reporting ------------------------------------------------------------
     def log_summary(self) -> None:
         """One line naming the skipped files (nothing when there are none)."""

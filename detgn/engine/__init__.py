@@ -1,6 +1,6 @@
 """Training: the step loop and its hooks, multi-process launch, config-driven set-up."""
 from .defaults import build_hooks, build_trainer, default_argument_parser, default_setup, nan_hint
-from .hooks import CurvePlot, EvalHook, LRScheduler, PeriodicCheckpointer, PeriodicWriter, flatten_results
+from .hooks import CurvePlot, EvalHook, LRScheduler, PeriodicCheckpointer, PeriodicWriter, PreciseBN, flatten_results
 from .launch import DistInfo, create_ddp_model, init_distributed, launch, seed_for_rank
 from .trainer import HookBase, NonFiniteLossError, Trainer
 
@@ -15,6 +15,7 @@ __all__ = [
     "LRScheduler",
     "PeriodicCheckpointer",
     "PeriodicWriter",
+    "PreciseBN",
     "flatten_results",
     "DistInfo",
     "create_ddp_model",

@@ -144,9 +144,13 @@ def build_hooks(
     eval_fn: Optional[Callable[[], Mapping]] = None,
     writers: Optional[Sequence[EventWriter]] = None,
     bad_images=None,
+    precise_bn_data_fn: Optional[Callable[[], Iterable]] = None,
 ) -> List[HookBase]:
-    """LR schedule, unreadable-file sync, periodic checkpoint, evaluation, writers, skipped-file
-    record and the curve plot, in that order.
+    """LR schedule, unreadable-file sync, PreciseBN, periodic checkpoint, evaluation, writers,
+    skipped-file record and the curve plot, in that order.
+
+    PreciseBN (``TEST.PRECISE_BN.ENABLED``) runs before each evaluation on the batches of
+    ``precise_bn_data_fn()`` (a fresh training loader); it needs that function.
 
     Writers, the record and the plot exist on the main process only; ``writers=None`` gives
     the console, ``metrics.json`` and TensorBoard writers. ``bad_images`` (the run's
@@ -158,6 +162,10 @@ def build_hooks(
     hooks: List[HookBase] = [H.LRScheduler()]
     if bad_images is not None:
         hooks.append(H.BadImageSync(bad_images, period=BAD_IMAGE_SYNC_PERIOD))
+    if cfg.TEST.PRECISE_BN.ENABLED:
+        if precise_bn_data_fn is None:
+            raise ValueError("TEST.PRECISE_BN.ENABLED needs training batches: pass precise_bn_data_fn to build_trainer")
+        hooks.append(H.PreciseBN(precise_bn_data_fn, period=schedule.eval_period, num_iter=cfg.TEST.PRECISE_BN.NUM_ITER))
     hooks.append(H.PeriodicCheckpointer(checkpointer, period=schedule.checkpoint_period))
     if eval_fn is not None:
         hooks.append(H.EvalHook(eval_fn, period=schedule.eval_period))
@@ -177,6 +185,7 @@ def build_trainer(
     eval_fn: Optional[Callable[[], Mapping]] = None,
     writers: Optional[Sequence[EventWriter]] = None,
     bad_images=None,
+    precise_bn_data_fn: Optional[Callable[[], Iterable]] = None,
 ) -> Trainer:
     """A :class:`Trainer` for ``model`` (already on ``MODEL.DEVICE``) with the config's schedule.
 
@@ -195,6 +204,9 @@ def build_trainer(
             (``build_detection_train_loader(cfg, start_iter=s, bad_images=tracker)``): it is
             checkpointed as ``bad_images`` (so ``--resume`` restores it before the loader is
             built) and hooks exchange, count and report the skipped files.
+        precise_bn_data_fn: ``() -> iterable of training batches`` for PreciseBN
+            (``TEST.PRECISE_BN.ENABLED``), e.g. a new training loader; it must not share
+            the training stream's position.
 
     Returns:
         the trainer; call ``trainer.resume_or_load(cfg.MODEL.WEIGHTS, resume=...)`` then ``trainer.train()``.
@@ -239,5 +251,6 @@ def build_trainer(
     if bad_images is not None:
         checkpointer.add_checkpointable("bad_images", bad_images)
     trainer.register_hooks(build_hooks(cfg, checkpointer=checkpointer, schedule=schedule, eval_fn=eval_fn,
-                                       writers=writers, bad_images=bad_images))
+                                       writers=writers, bad_images=bad_images,
+                                       precise_bn_data_fn=precise_bn_data_fn))
     return trainer

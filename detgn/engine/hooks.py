@@ -4,6 +4,7 @@ The order :func:`detgn.engine.defaults.build_hooks` registers them in matters:
 the LR is stepped before a checkpoint is taken (the checkpoint holds the state
 for the next iteration), unreadable training files are exchanged and counted
 before the checkpoint and the writers (so both see the count of this iteration),
+PreciseBN before the checkpoint (which then holds the statistics the evaluation used),
 checkpoints come before evaluation (a crash in the evaluator loses no training),
 evaluation before the writers (its results are written at the iteration they
 belong to), the skipped-files record after the writers' last line, the curve
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from detgn.utils import comm
 from detgn.utils.events import EventWriter
@@ -29,6 +30,7 @@ __all__ = [
     "PeriodicCheckpointer",
     "BadImageSync",
     "BadImageRecord",
+    "PreciseBN",
     "EvalHook",
     "PeriodicWriter",
     "CurvePlot",
@@ -141,6 +143,31 @@ def flatten_results(results: Mapping, prefix: str = "") -> Dict[str, float]:
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             out[key] = float(v)
     return out
+
+
+class PreciseBN(HookBase):
+    """Before each evaluation (every ``period`` iterations and at the end), replace the BN
+    layers' running statistics by exact pooled ones over ``num_iter`` training batches
+    (:func:`detgn.engine.norm_calibration.precise_bn`).
+
+    Registered before the checkpointer and the evaluation, so both see the new statistics
+    and ``--resume`` continues from them. ``data_fn()`` gives a fresh iterable of training
+    batches (not the training stream itself, which it must not advance). The global RNGs
+    are restored afterwards: the run trains the same with or without it.
+    """
+
+    def __init__(self, data_fn: Callable[[], Iterable], *, period: int, num_iter: int):
+        self.data_fn = data_fn
+        self.period = int(period)
+        self.num_iter = int(num_iter)
+
+    def after_step(self) -> None:
+        done = self.trainer.iter + 1
+        if done >= self.trainer.max_iter or (self.period > 0 and done % self.period == 0):
+            from .norm_calibration import precise_bn
+
+            model = getattr(self.trainer.model, "module", self.trainer.model)  # DDP: the model itself
+            precise_bn(model, self.data_fn(), num_iter=self.num_iter)
 
 
 class EvalHook(HookBase):

@@ -213,7 +213,7 @@ def calibrate_evalnorm(
             with torch.no_grad():
                 for p in params:
                     p.clamp_(0, 1)
-            recent = (recent + [float(loss)])[-(log_period or 1):]
+            recent = (recent + [float(loss.detach())])[-(log_period or 1):]
             if log_period and used % log_period == 0:
                 eta = (time.perf_counter() - start) / used * (num_iter - used)
                 logger.info("EvalNorm calibration: %d/%d batches, loss_evalnorm %.4f, ETA %.0f s",

@@ -22,7 +22,12 @@ from detgn.utils.seed import set_rng_state
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HookBase", "Trainer", "NonFiniteLossError"]
+__all__ = ["HookBase", "Trainer", "NonFiniteLossError", "AUXILIARY_LOSSES"]
+
+# Loss terms that train no model weight (EvalNorm's, which reaches only its alpha and
+# beta): back-propagated and logged like the others, left out of the logged total_loss
+# so that the curves of a run with and without them are the same.
+AUXILIARY_LOSSES = frozenset({"loss_evalnorm"})
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -197,8 +202,8 @@ class Trainer:
         # Averaged over ranks for logging; a NaN on any rank shows on all, so all stop together.
         reduced = comm.reduce_dict_mean({k: v.detach().float() for k, v in loss_dict.items()})
         logged = {k: float(v) for k, v in reduced.items()}
-        total = sum(logged.values())
-        if not math.isfinite(total):
+        total = sum(v for k, v in logged.items() if k not in AUXILIARY_LOSSES)
+        if not math.isfinite(sum(logged.values())):
             raise self._non_finite_error(loss_dict, batch)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:

@@ -6,6 +6,7 @@ from .batch_norm import (
     evalnorm,
     evalnorm_layers,
     evalnorm_summary,
+    log_evalnorm_state,
     pop_evalnorm_loss,
 )
 from .conv import Conv2d
@@ -31,6 +32,7 @@ __all__ = [
     "evalnorm",
     "evalnorm_layers",
     "evalnorm_summary",
+    "log_evalnorm_state",
     "pop_evalnorm_loss",
     "Conv2d",
     "FrozenBatchNorm2d",

@@ -52,6 +52,7 @@ __all__ = [
     "evalnorm_layers",
     "evalnorm_moments",
     "evalnorm_summary",
+    "log_evalnorm_state",
     "pop_evalnorm_loss",
     "sample_moments",
 ]
@@ -356,3 +357,16 @@ def evalnorm_summary(model: nn.Module) -> str:
     return (f"{len(layers)} BN layers ({state} at evaluation); recorded training batch B: {b_text}; "
             f"alpha {min(al):.3f}..{max(al):.3f} (median {sorted(al)[len(al) // 2]:.3f}), "
             f"beta {min(be):.3f}..{max(be):.3f} (median {sorted(be)[len(be) // 2]:.3f})")
+
+
+def log_evalnorm_state(model: nn.Module) -> None:
+    """Log how the BN layers will evaluate; warn when the weights carry EvalNorm values that
+    the configuration does not use (MODEL.EVALNORM.ENABLED False)."""
+    layers = [m for _, m in evalnorm_layers(model)]
+    if not layers:
+        return
+    logger.info("Evaluating with %s", evalnorm_summary(model))
+    calibrated = any(float(m.evalnorm_alpha.detach()) > 0 or float(m.evalnorm_beta.detach()) > 0 for m in layers)
+    if calibrated and not layers[0].evalnorm_eval:
+        logger.warning("The weights carry EvalNorm alpha/beta, but MODEL.EVALNORM.ENABLED is False: evaluating with "
+                       "plain BN statistics. Set MODEL.EVALNORM.ENABLED True MODEL.EVALNORM.MODE offline to use them")

@@ -1,6 +1,7 @@
 """The detector: backbones, RPN, RoI heads and the GeneralizedRCNN that ties them."""
 from .box_regression import Box2BoxTransform
 from .build import META_ARCH_REGISTRY, build_model, describe_model
+from .classifier import ImageClassifier, trunk_state_dict
 from .matcher import Matcher
 from .meta_arch import GeneralizedRCNN, detector_postprocess
 from .roi_heads import ROI_HEADS_REGISTRY
@@ -9,6 +10,7 @@ from .sampling import subsample_labels
 __all__ = [
     "Box2BoxTransform",
     "GeneralizedRCNN",
+    "ImageClassifier",
     "META_ARCH_REGISTRY",
     "Matcher",
     "ROI_HEADS_REGISTRY",
@@ -16,4 +18,5 @@ __all__ = [
     "describe_model",
     "detector_postprocess",
     "subsample_labels",
+    "trunk_state_dict",
 ]

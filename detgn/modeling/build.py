@@ -13,11 +13,12 @@ from detgn.config import ConfigError
 from detgn.layers.batch_norm import EVALNORM_MODES, configure_evalnorm
 from detgn.layers.norm import FrozenBatchNorm2d, norm_label
 
+from .classifier import ImageClassifier, describe_classifier
 from .meta_arch import GeneralizedRCNN
 
 logger = logging.getLogger(__name__)
 
-META_ARCH_REGISTRY = {"GeneralizedRCNN": GeneralizedRCNN}
+META_ARCH_REGISTRY = {"GeneralizedRCNN": GeneralizedRCNN, "ImageClassifier": ImageClassifier}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -35,10 +36,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_model(cfg) -> nn.Module:
-    """Build the detector of MODEL.META_ARCHITECTURE on MODEL.DEVICE and log its description.
+    """Build the model of MODEL.META_ARCHITECTURE on MODEL.DEVICE and log its description.
 
     Returns:
-        a ``GeneralizedRCNN`` in training mode, weights freshly initialised (load
+        a ``GeneralizedRCNN`` (or an ``ImageClassifier``) in training mode, weights freshly initialised (load
         MODEL.WEIGHTS with the checkpointer).
     """
     name = cfg.MODEL.META_ARCHITECTURE
@@ -88,6 +89,8 @@ def _frozen_children(module: nn.Module) -> List[str]:
 
 def _parts(model: nn.Module) -> List[Tuple[str, List[nn.Module]]]:
     """(label, modules) of the parts whose norm the config chooses separately."""
+    if isinstance(model, ImageClassifier):
+        return describe_classifier(model)
     parts = []
     backbone = model.backbone
     bottom_up = getattr(backbone, "bottom_up", None)
