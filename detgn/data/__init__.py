@@ -1,5 +1,6 @@
 """Datasets, COCO loading with validation, the mapper, samplers and loaders.
 
+Importing ``detgn.data`` registers the built-in dataset names (:mod:`.builtin`).
 ``detgn.data.synthetic`` (the synthetic COCO generator) is imported on first use of
 ``generate_synthetic_coco`` only, so importing detgn.data stays light.
 """
@@ -10,8 +11,9 @@ from .build import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
-from .catalog import DatasetCatalog, MetadataCatalog, register_coco_instances
-from .coco import CocoFormatError, load_coco_json
+from .builtin import register_builtin_datasets
+from .catalog import DatasetCatalog, MetadataCatalog
+from .coco import CocoFormatError, load_coco_json, register_coco_instances
 from .mapper import DatasetMapper, ImageReadError
 from .samplers import InferenceSampler, TrainingSampler
 
@@ -31,6 +33,8 @@ __all__ = [
     "TooManyBadImagesError",
     "get_detection_dataset_dicts",
 ]
+
+register_builtin_datasets()
 
 
 def __getattr__(name):

@@ -21,7 +21,6 @@ number of worker processes. Written layout::
 """
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import time
@@ -33,6 +32,8 @@ from typing import Callable, Dict, List, Optional
 import cv2
 import numpy as np
 import pycocotools.mask as mask_util
+
+from detgn.utils.file_io import atomic_write_json
 
 # Ids deliberately neither 0-based nor contiguous, as in COCO.
 CATEGORIES = [
@@ -499,10 +500,7 @@ def generate_synthetic_coco(out_dir: str, *, num_train: int, num_val: int, seed:
             "images": images, "annotations": annotations, "categories": CATEGORIES,
         }
         json_file = os.path.join(out_dir, "annotations", f"instances_{split}.json")
-        tmp = json_file + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(coco, f, separators=(",", ":"))
-        os.replace(tmp, json_file)  # a reader never sees a half-written file
+        atomic_write_json(json_file, coco, separators=(",", ":"))  # a reader never sees half a file
         stray = sorted(set(os.listdir(image_dir)) - {im["file_name"] for im in images})
         if stray:
             say(f"[synthetic] note: {len(stray)} files in {image_dir} are not in {json_file} (left from an "

@@ -27,6 +27,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from .file_io import atomic_write_text
+
 __all__ = ["EventStorage", "EventWriter", "ConsoleWriter", "JSONWriter", "TensorboardWriter", "read_metrics"]
 
 
@@ -191,11 +193,7 @@ class JSONWriter(EventWriter):
         if not os.path.exists(self.path):
             return
         kept = [r for r in read_metrics(self.path) if r.get("iteration", -1) < start_iter]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            for r in kept:
-                f.write(_dumps(r))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(_dumps(r) for r in kept))
 
     def _write(self, iteration, metrics, storage, max_iter):
         if self._file is None:
