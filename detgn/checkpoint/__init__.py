@@ -11,6 +11,7 @@ from .checkpointer import FORMAT_VERSION, Checkpointer, ResumeState
 from .files import (
     CheckpointError,
     find_good_checkpoint,
+    latest_good_checkpoint,
     list_checkpoints,
     load_checkpoint_file,
     unwrap_model,
@@ -37,6 +38,7 @@ __all__ = [
     "atomic_write",
     "find_good_checkpoint",
     "is_trusted_zoo_file",
+    "latest_good_checkpoint",
     "list_checkpoints",
     "load_safe_pickle",
     "load_checkpoint_file",

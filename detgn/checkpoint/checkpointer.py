@@ -37,11 +37,11 @@ from .files import (
     POINTER_FILE,
     TEMP_FILE,
     CheckpointError,
+    latest_good_checkpoint,
     list_checkpoints,
     load_checkpoint_file,
-    older_checkpoints,
+    pointed_checkpoint,
     unwrap_model,
-    verify_checkpoint,
 )
 from .weights import load_weights
 
@@ -194,30 +194,11 @@ class Checkpointer:
     # -- finding ------------------------------------------------------------
     def pointed_checkpoint(self) -> Optional[str]:
         """The file named by ``last_checkpoint``, if the pointer exists."""
-        pointer = os.path.join(self.save_dir, POINTER_FILE)
-        try:
-            with open(pointer) as f:
-                name = f.read().strip()
-        except OSError:
-            return None
-        return os.path.join(self.save_dir, name) if name else None
+        return pointed_checkpoint(self.save_dir)
 
     def latest_good_checkpoint(self) -> Optional[str]:
-        """The newest intact checkpoint: the pointer's file, else the newest older one.
-
-        Damaged files on the way are skipped with a warning that names them.
-        """
-        pointed = self.pointed_checkpoint()
-        if pointed is not None:
-            candidates = [pointed] + older_checkpoints(pointed)
-        else:
-            candidates = list_checkpoints(self.save_dir)
-        for c in candidates:
-            reason = verify_checkpoint(c)
-            if reason is None:
-                return c
-            logger.warning("Skipping checkpoint %s: %s", c, reason)
-        return None
+        """The newest intact checkpoint of ``save_dir`` (see :func:`.files.latest_good_checkpoint`)."""
+        return latest_good_checkpoint(self.save_dir)
 
     # -- loading ------------------------------------------------------------
     def resume_or_load(self, weights: str = "", *, resume: bool, allow_pickle: bool = False) -> ResumeState:

@@ -33,9 +33,11 @@ __all__ = [
     "PERIODIC_NAME",
     "TEMP_FILE",
     "find_good_checkpoint",
+    "latest_good_checkpoint",
     "list_checkpoints",
     "load_checkpoint_file",
     "older_checkpoints",
+    "pointed_checkpoint",
     "unwrap_model",
     "verify_checkpoint",
 ]
@@ -113,6 +115,31 @@ def find_good_checkpoint(candidates: List[str]) -> Optional[str]:
     for c in candidates:
         if verify_checkpoint(c) is None:
             return c
+    return None
+
+
+def pointed_checkpoint(save_dir: str) -> Optional[str]:
+    """The file named by ``save_dir/last_checkpoint``, if the pointer exists."""
+    try:
+        with open(os.path.join(save_dir, POINTER_FILE)) as f:
+            name = f.read().strip()
+    except OSError:
+        return None
+    return os.path.join(save_dir, name) if name else None
+
+
+def latest_good_checkpoint(save_dir: str) -> Optional[str]:
+    """The newest intact checkpoint of a run's folder: the pointer's file, else the newest older one.
+
+    Damaged files on the way are skipped with a warning that names them.
+    """
+    pointed = pointed_checkpoint(save_dir)
+    candidates = [pointed] + older_checkpoints(pointed) if pointed is not None else list_checkpoints(save_dir)
+    for c in candidates:
+        reason = verify_checkpoint(c)
+        if reason is None:
+            return c
+        logger.warning("Skipping checkpoint %s: %s", c, reason)
     return None
 
 
