@@ -1,5 +1,5 @@
 """Building blocks shared by every part: norms, conv, NMS/RoIAlign, RoI pooling."""
-from .conv import Conv2d
+from .conv import Conv2d, add_conv_norm_relu_stack
 from .norm import (
     NORM_NAMES,
     FrozenBatchNorm2d,
@@ -23,6 +23,7 @@ __all__ = [
     "ROIPooler",
     "ShapeSpec",
     "SyncBatchNorm2d",
+    "add_conv_norm_relu_stack",
     "assign_boxes_to_levels",
     "batched_nms",
     "c2_msra_fill",
