@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from detgn.utils.file_io import atomic_write_text  # noqa: E402
+
 
 def _datasets_root() -> Path:
     return Path(os.environ.get("DETGN_DATASETS", ROOT / "datasets"))
@@ -125,7 +127,7 @@ def summary(args, times) -> dict:
         "pictures": str(out / "visualizations"),
     }
     print("[demo] summary:", json.dumps(s, indent=1), flush=True)
-    (out / "demo_summary.json").write_text(json.dumps(s, indent=1))
+    atomic_write_text(str(out / "demo_summary.json"), json.dumps(s, indent=1))
     return s
 
 

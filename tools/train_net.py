@@ -12,7 +12,6 @@ evaluation results under ``inference/<dataset>/``.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import sys
@@ -23,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from detgn.checkpoint import weights_digest  # noqa: E402
 from detgn.config import ConfigError, load_config  # noqa: E402
 from detgn.engine import (  # noqa: E402
     EvalHook,
@@ -70,18 +70,6 @@ def _summary(res: Dict) -> str:
         if isinstance(metrics, dict):
             parts.append(task + " " + " ".join(f"{k}={metrics[k]:.2f}" for k in ("AP", "AP50", "AP75") if k in metrics))
     return "; ".join(parts) or str(res)
-
-
-def weights_digest(model_or_state) -> str:
-    """SHA-256 of a model's state dict (names, dtypes, shapes, values), for "are these weights
-    identical?" checks across ranks or runs without comparing files."""
-    state = model_or_state.state_dict() if hasattr(model_or_state, "state_dict") else model_or_state
-    h = hashlib.sha256()
-    for k in sorted(state):
-        v = state[k].detach().cpu().contiguous()
-        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
-        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
-    return h.hexdigest()
 
 
 class EvalWeightsError(UserError, ValueError):

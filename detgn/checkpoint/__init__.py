@@ -16,6 +16,7 @@ from .files import (
     load_checkpoint_file,
     unwrap_model,
     verify_checkpoint,
+    weights_digest,
 )
 from .safe_pickle import UnsafePickleError, load_safe_pickle
 from .weights import (
@@ -46,4 +47,5 @@ __all__ = [
     "register_weight_format",
     "unwrap_model",
     "verify_checkpoint",
+    "weights_digest",
 ]

@@ -8,10 +8,12 @@ them atomically (:mod:`detgn.utils.file_io`), so a killed save leaves at most a
 Before a file is loaded, the zip container's CRC32 of every member is checked
 (:func:`verify_checkpoint`), so a truncated or bit-flipped file is reported, naming the
 previous good checkpoint, instead of silently loading garbage; it is then read with
-``torch.load(weights_only=True)`` (:func:`load_checkpoint_file`).
+``torch.load(weights_only=True)`` (:func:`load_checkpoint_file`). :func:`weights_digest`
+tells whether two sets of weights are identical (across ranks, runs or files).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
@@ -40,6 +42,7 @@ __all__ = [
     "pointed_checkpoint",
     "unwrap_model",
     "verify_checkpoint",
+    "weights_digest",
 ]
 
 POINTER_FILE = "last_checkpoint"
@@ -194,3 +197,15 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         model = model.module
     return model
+
+
+def weights_digest(model_or_state) -> str:
+    """SHA-256 of a model's state dict (names, dtypes, shapes, values), for "are these weights
+    identical?" checks across ranks or runs without comparing files."""
+    state = model_or_state.state_dict() if hasattr(model_or_state, "state_dict") else model_or_state
+    h = hashlib.sha256()
+    for k in sorted(state):
+        v = state[k].detach().cpu().contiguous()
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()
