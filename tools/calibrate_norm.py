@@ -48,7 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def calibrate(args) -> str:
-    from detgn.checkpoint import atomic_write, load_weights
+    from detgn.checkpoint import load_weights
+    from detgn.utils.file_io import atomic_write
     from detgn.data import BadImageTracker
     from detgn.engine import default_setup, init_distributed
     from detgn.engine.norm_calibration import calibrate_evalnorm, precise_bn

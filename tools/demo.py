@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from detgn.utils.file_io import atomic_write_text  # noqa: E402
+
 
 def _datasets_root() -> Path:
     return Path(os.environ.get("DETGN_DATASETS", ROOT / "datasets"))
@@ -91,20 +93,14 @@ def step_train(args) -> float:
 
 def step_visualize(args) -> float:
     t0 = time.time()
-    import torch
-
-    from detgn.checkpoint import load_weights
     from detgn.config import load_config
-    from detgn.modeling import build_model
-    from visualize import visualize_dataset  # tools/visualize.py
+    from detgn.engine import Predictor
+    from detgn.engine.visualize import visualize_dataset
 
     cfg = load_config(args.config, [*args.opts, "OUTPUT_DIR", args.output, "VERBOSE_STARTUP", "False"])
-    model = build_model(cfg)
-    load_weights(model, str(Path(args.output) / "model_final.pth"))
-    model.eval()
+    predictor = Predictor(cfg, weights=str(Path(args.output) / "model_final.pth"))
     out_dir = Path(args.output) / "visualizations"
-    with torch.no_grad():
-        visualize_dataset(cfg, model, cfg.DATASETS.TEST[0], str(out_dir), args.num_vis, args.score_thresh)
+    visualize_dataset(cfg, predictor, cfg.DATASETS.TEST[0], str(out_dir), args.num_vis, args.score_thresh)
     print(f"[demo] 4/4 pictures: {out_dir}", flush=True)
     return time.time() - t0
 
@@ -131,7 +127,7 @@ def summary(args, times) -> dict:
         "pictures": str(out / "visualizations"),
     }
     print("[demo] summary:", json.dumps(s, indent=1), flush=True)
-    (out / "demo_summary.json").write_text(json.dumps(s, indent=1))
+    atomic_write_text(str(out / "demo_summary.json"), json.dumps(s, indent=1))
     return s
 
 
@@ -149,7 +145,6 @@ def main(argv=None):
     ap.add_argument("--fresh", action="store_true", help="retrain even if a finished run exists")
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of the demo config")
     args = ap.parse_args(argv)
-    sys.path.insert(0, str(ROOT / "tools"))
     times = {}
     t0 = time.time()
     times["dataset"] = step_dataset(args)

@@ -44,6 +44,7 @@ from detgn.evaluation.coco_evaluator import (  # noqa: E402
     evaluate_predictions_on_coco,
     load_coco_json,
 )
+from detgn.utils.file_io import atomic_write_json  # noqa: E402
 
 
 def build_baseline(num_classes: int, min_size, max_size: int) -> nn.Module:
@@ -213,9 +214,7 @@ def main(argv=None) -> int:
     }
     print(json.dumps(summary, indent=1))
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(summary, f, indent=1)
+        atomic_write_json(args.out, summary, indent=1)
     return 0
 
 

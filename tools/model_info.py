@@ -14,7 +14,7 @@ parameter shapes are created, no memory is allocated and no initialisation runs,
 so even an R-101 takes a fraction of a second. The counts are the same as a CPU
 build (``tests/configs/test_shipped_configs.py`` checks that). ``--flops`` builds
 the model for real on MODEL.DEVICE with random weights and counts one inference
-pass with fvcore (``tools/benchmark.py``'s ``count_flops``); the test score
+pass with fvcore (:func:`detgn.modeling.count_flops`); the test score
 threshold is set to 0 so the mask head always runs on TEST.DETECTIONS_PER_IMAGE
 boxes, which makes the figure independent of what the random weights predict.
 
@@ -25,27 +25,25 @@ shipped configs; with ``--config`` that one entry is added or replaced.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 # Runnable from a checkout without installing the package.
-_TOOLS_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(_TOOLS_DIR.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
-from detgn.config import ConfigError, configs_root, load_config, resolve_config_path  # noqa: E402
+from detgn.config import ConfigError, configs_root, resolve_config_path  # noqa: E402
+from detgn.engine.benchmark import synthetic_batch  # noqa: E402
+from detgn.modeling import build_model_without_weights, count_flops, count_parameters, describe_model  # noqa: E402
+from detgn.modeling.describe import format_model_info  # noqa: E402
+from detgn.utils.file_io import atomic_write_text  # noqa: E402
 
 __all__ = [
     "GOLDEN_ABOUT",
-    "build_without_weights",
-    "count_parameters",
-    "format_info",
     "golden_key",
     "main",
     "model_info",
@@ -83,52 +81,6 @@ def golden_key(name: str) -> str:
         ) from None
 
 
-def count_parameters(model: nn.Module) -> Tuple[int, int]:
-    """(total, trainable) parameter counts; FrozenBN statistics are buffers and count in neither."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return total, trainable
-
-
-def build_without_weights(name: str, opts: Sequence[str] = (), *, device: Optional[str] = "meta"):
-    """Load ``name`` with ``opts``, clear MODEL.WEIGHTS and build the model.
-
-    Args:
-        name: config name or path (resolved like ``--config`` everywhere).
-        opts: ``KEY VALUE`` overrides.
-        device: ``"meta"`` builds shapes only (for counting); None keeps MODEL.DEVICE
-            and builds real, randomly initialised weights.
-
-    Returns:
-        (cfg, model, weights) where ``weights`` is the MODEL.WEIGHTS that was ignored.
-    """
-    cfg = load_config(name, opts, freeze=False)
-    weights = cfg.MODEL.WEIGHTS
-    cfg.MODEL.WEIGHTS = ""
-    cfg.VERBOSE_STARTUP = False  # describe_model is printed by this tool instead
-    if device is not None:
-        cfg.MODEL.DEVICE = device
-    cfg.freeze()
-    from detgn.modeling import build_model
-
-    if device == "meta":
-        # Parameters created inside this context are meta tensors: no memory, init is a no-op.
-        with torch.device("meta"):
-            model = build_model(cfg)
-    else:
-        model = build_model(cfg)
-    return cfg, model, weights
-
-
-def _load_benchmark_tool():
-    """tools/benchmark.py as a module (tools/ is not a package), for ``count_flops``."""
-    path = _TOOLS_DIR / "benchmark.py"
-    spec = importlib.util.spec_from_file_location("detgn_tools_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def model_info(name: str, opts: Sequence[str] = (), *, flops: bool = False,
                height: int = 800, width: int = 1216) -> Dict[str, object]:
     """Counts, description and (with ``flops``) inference GFLOPs of one config.
@@ -138,14 +90,12 @@ def model_info(name: str, opts: Sequence[str] = (), *, flops: bool = False,
         ``trainable``, ``description`` (``describe_model``) and, with ``flops``,
         ``gflops`` and ``flops_input`` ("HxW").
     """
-    from detgn.modeling import describe_model
-
     opts = list(opts)
     if flops:
         # Threshold first so a user's own override still wins.
         opts = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"] + opts
         torch.manual_seed(0)
-    cfg, model, weights = build_without_weights(name, opts, device=None if flops else "meta")
+    cfg, model, weights = build_model_without_weights(name, opts, device=None if flops else "meta")
     total, trainable = count_parameters(model)
     info: Dict[str, object] = {
         "config": name,
@@ -156,31 +106,10 @@ def model_info(name: str, opts: Sequence[str] = (), *, flops: bool = False,
         "description": describe_model(model),
     }
     if flops:
-        bench = _load_benchmark_tool()
-        model.eval()
-        batch = bench.synthetic_batch(cfg, 1, height, width, train=False)
-        info["gflops"] = bench.count_flops(model, batch)
+        inputs = synthetic_batch(1, height, width, num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES, train=False)[0]
+        info["gflops"] = count_flops(model, inputs)
         info["flops_input"] = f"{height}x{width}"
     return info
-
-
-def format_info(info: Dict[str, object]) -> str:
-    """The human-readable block printed for one config."""
-    total, trainable = int(info["params"]), int(info["trainable"])
-    shown = str(info["config"])
-    lines = [f"== {shown}" + ("" if shown == info["path"] else f" ({info['path']})")]
-    if info["weights_ignored"]:
-        lines.append(f"MODEL.WEIGHTS {info['weights_ignored']!r} not loaded (set to \"\"): counts do not depend on it")
-    else:
-        lines.append("MODEL.WEIGHTS is \"\" (no weights loaded)")
-    lines.append(f"parameters: {total:,} total, {trainable:,} trainable, {total - trainable:,} frozen")
-    lines.append(str(info["description"]))
-    if "gflops" in info:
-        lines.append(
-            f"inference GFLOPs (fvcore, one {info['flops_input']} image, random weights, "
-            f"mask head on TEST.DETECTIONS_PER_IMAGE boxes): {info['gflops']:.1f}"
-        )
-    return "\n".join(lines)
 
 
 def write_golden(path: str, infos: Sequence[Dict[str, object]], *, replace_all: bool) -> Dict[str, Dict[str, int]]:
@@ -201,11 +130,7 @@ def write_golden(path: str, infos: Sequence[Dict[str, object]], *, replace_all: 
         entries[golden_key(str(info["config"]))] = {"params": int(info["params"]), "trainable": int(info["trainable"])}
     data = {"about": GOLDEN_ABOUT, "configs": dict(sorted(entries.items()))}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     return data["configs"]
 
 
@@ -242,7 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
     infos = []
     for name in names:
         info = model_info(name, args.opts, flops=args.flops, height=args.height, width=args.width)
-        print(format_info(info) + "\n", flush=True)
+        print(format_model_info(info) + "\n", flush=True)
         infos.append(info)
     if len(infos) > 1:
         print(_summary_table(infos))

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(TOOLS))
 def export(checkpoint: str, output: str) -> int:
     import torch
 
-    from detgn.checkpoint.checkpointer import load_checkpoint_file
+    from detgn.checkpoint.files import load_checkpoint_file
     from detgn.modeling.classifier import save_trunk
 
     obj = load_checkpoint_file(checkpoint, allow_pickle=False)

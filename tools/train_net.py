@@ -13,7 +13,6 @@ evaluation results under ``inference/<dataset>/``.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import sys
@@ -24,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from detgn.checkpoint import weights_digest  # noqa: E402
 from detgn.config import ConfigError, load_config  # noqa: E402
 from detgn.engine import (  # noqa: E402
     EvalHook,
@@ -77,18 +77,6 @@ def _summary(res: Dict) -> str:
     return "; ".join(parts) or str(res)
 
 
-def weights_digest(model_or_state) -> str:
-    """SHA-256 of a model's state dict (names, dtypes, shapes, values), for "are these weights
-    identical?" checks across ranks or runs without comparing files."""
-    state = model_or_state.state_dict() if hasattr(model_or_state, "state_dict") else model_or_state
-    h = hashlib.sha256()
-    for k in sorted(state):
-        v = state[k].detach().cpu().contiguous()
-        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
-        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
-    return h.hexdigest()
-
-
 class EvalWeightsError(UserError, ValueError):
     """--eval-only without trained detector weights."""
 
@@ -133,27 +121,34 @@ def _check_detector_loaded(cfg, report) -> None:
         )
 
 
+def eval_only(cfg, *, resume: bool) -> Dict:
+    """--eval-only: the trained detector (MODEL.WEIGHTS, or with ``resume`` the newest good
+    checkpoint of OUTPUT_DIR) built and loaded by the Predictor, evaluated on DATASETS.TEST."""
+    from detgn.checkpoint import latest_good_checkpoint
+    from detgn.engine import Predictor
+
+    if not resume:
+        _check_eval_weights(cfg)  # before building anything or downloading
+        predictor = Predictor(cfg)
+        _check_detector_loaded(cfg, predictor.weights_report)
+    else:
+        path = latest_good_checkpoint(cfg.OUTPUT_DIR)
+        if path is None:
+            raise EvalWeightsError(f"--eval-only --resume: no good checkpoint in {cfg.OUTPUT_DIR}. "
+                                   + _eval_only_weights_hint(cfg))
+        predictor = Predictor(cfg, weights=path)
+    return do_test(cfg, predictor.model)
+
+
 def main(args):
     cfg = setup(args)
-    from detgn.checkpoint import Checkpointer, load_weights
-    from detgn.modeling import build_model
-
-    if args.eval_only and not args.resume:
-        _check_eval_weights(cfg)  # before building anything or downloading
-    model = build_model(cfg)  # logs describe_model(model) (norms, freezing) with VERBOSE_STARTUP
     if args.eval_only:
-        if args.resume:
-            path = Checkpointer(model, cfg.OUTPUT_DIR, save_to_disk=False).latest_good_checkpoint()
-            if path is None:
-                raise EvalWeightsError(f"--eval-only --resume: no good checkpoint in {cfg.OUTPUT_DIR}. "
-                                       + _eval_only_weights_hint(cfg))
-            load_weights(model, path, allow_pickle=cfg.MODEL.WEIGHTS_ALLOW_PICKLE)
-        else:
-            report = load_weights(model, cfg.MODEL.WEIGHTS, allow_pickle=cfg.MODEL.WEIGHTS_ALLOW_PICKLE)
-            _check_detector_loaded(cfg, report)
-        return do_test(cfg, model)
+        return eval_only(cfg, resume=args.resume)
 
     from detgn.data import BadImageTracker
+    from detgn.modeling import build_model
+
+    model = build_model(cfg)  # logs describe_model(model) (norms, freezing) with VERBOSE_STARTUP
 
     # Unreadable training files: found once, skipped from then on; checkpointed (and so
     # restored by --resume before the loader is built), reported in the results.

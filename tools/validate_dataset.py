@@ -25,7 +25,7 @@ from multiprocessing import Pool
 from typing import Optional, Sequence, Tuple
 
 from detgn.data.coco import REASONS, CocoFormatError, read_coco_json, scan_coco
-from detgn.data.coco_checks import count_outcomes
+from detgn.data.coco_problems import count_outcomes
 from detgn.data.mapper import ImageReadError, read_image
 
 # reason -> heading, for problems of the image files themselves.

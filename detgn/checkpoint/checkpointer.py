@@ -7,12 +7,11 @@ numpy, torch CPU/CUDA), the resolved schedule and a format version. It is made
 of tensors and plain Python values only, so it loads with
 ``torch.load(weights_only=True)``.
 
-Writes are atomic (temp file in the same folder, flush, fsync, ``os.replace``,
-fsync of the folder): a process killed mid-save, even with ``kill -9``, leaves
-the previous checkpoints intact. The ``last_checkpoint`` file names the newest one.
-Before loading, the zip container's CRC32 of every member is checked, so a
-truncated or bit-flipped file is reported (naming the previous good checkpoint)
-instead of silently loading garbage.
+Writes are atomic (:func:`detgn.utils.file_io.atomic_write`): a process killed
+mid-save, even with ``kill -9``, leaves the previous checkpoints intact. The
+``last_checkpoint`` file names the newest one. File names, integrity checks and
+loading are in :mod:`detgn.checkpoint.files`; pre-trained weights are loaded by
+:mod:`detgn.checkpoint.weights`.
 
 Resuming (``--resume``) takes the newest good checkpoint in the output folder and
 restores everything; the trainer rebuilds the data loader at that iteration and
@@ -22,47 +21,37 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
-import re
-import tempfile
-import zipfile
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
 
 from detgn.solver.schedule import Schedule, schedule_changes
 from detgn.utils import comm
-from detgn.utils.errors import UserError
+from detgn.utils.file_io import atomic_write
 from detgn.utils.seed import get_rng_state
+
+from .files import (
+    PERIODIC_NAME,
+    POINTER_FILE,
+    TEMP_FILE,
+    CheckpointError,
+    latest_good_checkpoint,
+    list_checkpoints,
+    load_checkpoint_file,
+    pointed_checkpoint,
+    unwrap_model,
+)
+from .weights import load_weights
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "FORMAT_VERSION",
-    "CheckpointError",
-    "ResumeState",
-    "Checkpointer",
-    "atomic_write",
-    "verify_checkpoint",
-    "list_checkpoints",
-    "find_good_checkpoint",
-    "load_checkpoint_file",
-    "unwrap_model",
-]
+__all__ = ["FORMAT_VERSION", "ResumeState", "Checkpointer"]
 
 # Bumped when the layout of the saved dict changes; older files stay loadable.
 FORMAT_VERSION = 1
-POINTER_FILE = "last_checkpoint"
-FINAL_NAME = "model_final.pth"
-_PERIODIC = re.compile(r"^model_(\d{7})\.pth$")
 _BOOKKEEPING = ("checkpoint_period:", "eval_period:")
-_TEMP = re.compile(r"^\.(model_\d{7}|model_final|last_checkpoint)(\.pth)?\..*\.tmp$")
-
-
-class CheckpointError(UserError, RuntimeError):
-    """A checkpoint that cannot be used as asked (corrupt, incompatible, schedule refused)."""
 
 
 @dataclass
@@ -72,156 +61,6 @@ class ResumeState:
     start_iter: int
     path: Optional[str] = None
     rng_state: Optional[Dict[str, Any]] = None
-
-
-# ---------------------------------------------------------------------------- #
-# Files
-# ---------------------------------------------------------------------------- #
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return  # not every platform lets a folder be opened; the data is fsynced anyway
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str, write_fn: Callable[[Any], None]) -> None:
-    """Write ``path`` so that it is either the old file or the complete new one, never a mix.
-
-    ``write_fn(binary_file)`` writes the content into a temp file in the same folder,
-    which is flushed, fsynced and renamed over ``path``; the folder is fsynced so the
-    rename survives a power loss. On any failure the temp file is removed.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(folder)
-
-
-def verify_checkpoint(path: str) -> Optional[str]:
-    """None when ``path`` is an intact file, else why not (missing, truncated, CRC mismatch).
-
-    torch's zip format stores a CRC32 per member; checking them reads the file once
-    and catches truncation and flipped bytes that ``torch.load`` would not notice.
-    Files in torch's legacy (non-zip) format cannot be checked this way and pass.
-    """
-    if not os.path.isfile(path):
-        return "file does not exist"
-    if os.path.getsize(path) == 0:
-        return "file is empty (0 bytes)"
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != b"PK\x03\x04":
-        return None if magic[:1] == b"\x80" else "not a torch zip checkpoint (bad header; truncated or overwritten?)"
-    try:
-        with zipfile.ZipFile(path) as z:
-            bad = z.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        return f"truncated or damaged zip container ({e})"
-    except Exception as e:  # zlib.error and friends: still a damaged file
-        return f"damaged zip container ({type(e).__name__}: {e})"
-    if bad is not None:
-        return f"CRC mismatch in member {bad!r} (bytes changed after saving)"
-    return None
-
-
-def _iteration_of_name(path: str) -> Optional[int]:
-    m = _PERIODIC.match(os.path.basename(path))
-    return int(m.group(1)) if m else None
-
-
-def list_checkpoints(save_dir: str) -> List[str]:
-    """Checkpoints in ``save_dir``, newest first: ``model_final.pth``, then periodic ones by iteration."""
-    if not os.path.isdir(save_dir):
-        return []
-    periodic = sorted(
-        (f for f in os.listdir(save_dir) if _PERIODIC.match(f)), key=lambda f: _iteration_of_name(f), reverse=True
-    )
-    out = [os.path.join(save_dir, FINAL_NAME)] if os.path.isfile(os.path.join(save_dir, FINAL_NAME)) else []
-    return out + [os.path.join(save_dir, f) for f in periodic]
-
-
-def _older_candidates(path: str) -> List[str]:
-    """Checkpoints in ``path``'s folder that were written before it (by name), newest first."""
-    folder = os.path.dirname(os.path.abspath(path))
-    it = _iteration_of_name(path)
-    out = []
-    for c in list_checkpoints(folder):
-        if os.path.abspath(c) == os.path.abspath(path):
-            continue
-        ci = _iteration_of_name(c)
-        if it is None or (ci is not None and ci < it):
-            out.append(c)
-    return out
-
-
-def find_good_checkpoint(candidates: List[str]) -> Optional[str]:
-    """The first of ``candidates`` that passes :func:`verify_checkpoint`."""
-    for c in candidates:
-        if verify_checkpoint(c) is None:
-            return c
-    return None
-
-
-def _corrupt_error(path: str, reason: str) -> CheckpointError:
-    prev = find_good_checkpoint(_older_candidates(path))
-    if prev:
-        todo = (
-            f"The previous good checkpoint is {prev}: load it with MODEL.WEIGHTS {prev}, or move "
-            f"{os.path.basename(path)} away and --resume (it takes the newest good checkpoint)."
-        )
-    else:
-        todo = f"No other good checkpoint is in {os.path.dirname(os.path.abspath(path))}; re-create or re-download it."
-    return CheckpointError(f"Checkpoint {path} is truncated or corrupt: {reason}. {todo}")
-
-
-def load_checkpoint_file(path: str, *, allow_pickle: bool = False) -> Any:
-    """``torch.load`` to the CPU with ``weights_only=True``, after an integrity check.
-
-    Args:
-        path: a ``.pth`` file.
-        allow_pickle: fall back to full unpickling when the file holds Python objects
-            that ``weights_only`` refuses (only for files you trust: unpickling runs code).
-
-    Raises:
-        CheckpointError: corrupt or truncated (naming the previous good checkpoint), or
-            holding pickled objects while ``allow_pickle`` is False.
-    """
-    reason = verify_checkpoint(path)
-    if reason is not None:
-        raise _corrupt_error(path, reason)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower():
-            raise _corrupt_error(path, f"unpickling failed: {e}") from None
-        if not allow_pickle:
-            first = str(e).strip().splitlines()[-1][:300]
-            raise CheckpointError(
-                f"{path} holds pickled Python objects that safe loading (weights_only=True) refuses "
-                f"({first}). Unpickling can run arbitrary code: only if you trust the file, load it "
-                f"with load_weights(model, path, allow_pickle=True), or re-save it as a plain state dict."
-            ) from None
-        logger.warning("Loading %s with full unpickling (allow_pickle=True)", path)
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
-        raise _corrupt_error(path, f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
 
 
 # ---------------------------------------------------------------------------- #
@@ -321,7 +160,7 @@ class Checkpointer:
         atomic_write(path, lambda f: torch.save(data, f))
         self._write_pointer(os.path.basename(path))
         logger.info("Saved checkpoint %s (iteration %d)", path, iteration)
-        if _PERIODIC.match(os.path.basename(path)):
+        if PERIODIC_NAME.match(os.path.basename(path)):
             self._prune()
         return path
 
@@ -331,7 +170,7 @@ class Checkpointer:
     def _prune(self) -> None:
         if self.max_to_keep <= 0:
             return
-        periodic = [c for c in list_checkpoints(self.save_dir) if _PERIODIC.match(os.path.basename(c))]
+        periodic = [c for c in list_checkpoints(self.save_dir) if PERIODIC_NAME.match(os.path.basename(c))]
         for old in periodic[self.max_to_keep :]:
             try:
                 os.remove(old)
@@ -345,7 +184,7 @@ class Checkpointer:
             return []
         removed = []
         for f in os.listdir(self.save_dir):
-            if _TEMP.match(f):
+            if TEMP_FILE.match(f):
                 os.remove(os.path.join(self.save_dir, f))
                 removed.append(f)
         if removed:
@@ -355,30 +194,11 @@ class Checkpointer:
     # -- finding ------------------------------------------------------------
     def pointed_checkpoint(self) -> Optional[str]:
         """The file named by ``last_checkpoint``, if the pointer exists."""
-        pointer = os.path.join(self.save_dir, POINTER_FILE)
-        try:
-            with open(pointer) as f:
-                name = f.read().strip()
-        except OSError:
-            return None
-        return os.path.join(self.save_dir, name) if name else None
+        return pointed_checkpoint(self.save_dir)
 
     def latest_good_checkpoint(self) -> Optional[str]:
-        """The newest intact checkpoint: the pointer's file, else the newest older one.
-
-        Damaged files on the way are skipped with a warning that names them.
-        """
-        pointed = self.pointed_checkpoint()
-        if pointed is not None:
-            candidates = [pointed] + _older_candidates(pointed)
-        else:
-            candidates = list_checkpoints(self.save_dir)
-        for c in candidates:
-            reason = verify_checkpoint(c)
-            if reason is None:
-                return c
-            logger.warning("Skipping checkpoint %s: %s", c, reason)
-        return None
+        """The newest intact checkpoint of ``save_dir`` (see :func:`.files.latest_good_checkpoint`)."""
+        return latest_good_checkpoint(self.save_dir)
 
     # -- loading ------------------------------------------------------------
     def resume_or_load(self, weights: str = "", *, resume: bool, allow_pickle: bool = False) -> ResumeState:
@@ -393,9 +213,6 @@ class Checkpointer:
                 return self.resume(path)
             logger.info("--resume: no checkpoint in %s; starting a new run", self.save_dir)
         if weights:
-            # Imported here: weights.py builds on this module's file helpers.
-            from .weights import load_weights
-
             load_weights(self.model, weights, allow_pickle=allow_pickle)
         else:
             logger.info("No MODEL.WEIGHTS given: training from the random initialisation")
@@ -507,13 +324,3 @@ class Checkpointer:
             )
             return None
         return states[rank]
-
-
-# ---------------------------------------------------------------------------- #
-# Helpers (pre-trained weights are loaded by detgn/checkpoint/weights.py)
-# ---------------------------------------------------------------------------- #
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel / DataParallel wrapper (or the model itself)."""
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return model

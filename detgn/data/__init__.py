@@ -1,5 +1,6 @@
 """Datasets, COCO loading with validation, the mapper, samplers and loaders.
 
+Importing ``detgn.data`` registers the built-in dataset names (:mod:`.builtin`).
 ``detgn.data.synthetic`` (the synthetic COCO generator) is imported on first use of
 ``generate_synthetic_coco`` only, so importing detgn.data stays light; likewise
 ``generate_synthetic_cls`` (``detgn.data.synthetic_cls``, the classification set).
@@ -11,15 +12,15 @@ from .build import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
-from .catalog import DatasetCatalog, MetadataCatalog, register_coco_instances
-from .coco import CocoFormatError, load_coco_json
+from .builtin import register_builtin_datasets
+from .catalog import DatasetCatalog, MetadataCatalog
+from .coco import CocoFormatError, load_coco_json, register_coco_instances
 from .image_folder import (
     ClassificationMapper,
     build_classification_test_loader,
     build_classification_train_loader,
     get_classification_dataset_dicts,
     load_image_folder,
-    register_builtin_image_folders,
     register_image_folder,
 )
 from .mapper import DatasetMapper, ImageReadError
@@ -48,8 +49,7 @@ __all__ = [
     "register_image_folder",
 ]
 
-# imagenet_{train,val}, synthetic_cls_{train,val} (paths resolved under DETGN_DATASETS at lookup).
-register_builtin_image_folders()
+register_builtin_datasets()
 
 
 def __getattr__(name):

@@ -13,7 +13,6 @@ its :class:`BadImageTracker` recorded, so exact resume holds with bad images too
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Union
@@ -61,8 +60,9 @@ def get_detection_dataset_dicts(
     Args:
         names: dataset name(s) registered in ``DatasetCatalog``.
         filter_empty: drop images without a non-crowd annotation (logs how many).
-        on_bad: passed to datasets that validate annotations (``DATASETS.ON_BAD_ANNOTATION``:
-            "drop_degenerate", "error" or "skip"; see :mod:`detgn.data.coco`).
+        on_bad: passed to datasets registered as accepting it (``DatasetCatalog.register(...,
+            accepts=("on_bad",))``, as COCO-format sets are): ``DATASETS.ON_BAD_ANNOTATION``,
+            "drop_degenerate", "error" or "skip" (see :mod:`detgn.data.coco`).
     """
     if isinstance(names, str):
         names = [names]
@@ -94,20 +94,12 @@ def get_detection_dataset_dicts(
     return records
 
 
-def _accepts_rng(mapper: Callable) -> bool:
-    try:
-        params = inspect.signature(mapper).parameters
-    except (TypeError, ValueError):
-        return False
-    return "rng" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
 class _TrainDataset(Dataset):
     """Maps ``(index, position, batch number)`` to ``(batch number, mapped dict or BadImage)``."""
 
     def __init__(self, records: List[dict], mapper: Callable, seed: int):
         self.records, self.mapper, self.seed = records, mapper, seed
-        self.pass_rng = _accepts_rng(mapper)
+        self.pass_rng = bool(getattr(mapper, "takes_rng", False))
 
     def __len__(self) -> int:
         return len(self.records)
@@ -224,7 +216,11 @@ def make_train_loader(
     """The training loader over given records (config-free; see the module docstring).
 
     Args:
-        mapper: ``mapper(record, rng=...)`` (or ``mapper(record)``) -> dict.
+        mapper: record -> model input dict. A mapper that draws random augmentations
+            declares ``takes_rng = True`` (as :class:`DatasetMapper` does) and is called
+            ``mapper(record, rng=generator)`` with a generator seeded by ``(seed, position
+            in the sample stream)``, which makes batches reproducible and resume exact;
+            any other callable is called ``mapper(record)``.
         batch_size: images per batch on this rank.
         seed: seed of the sample order and of every augmentation.
         aspect_ratio_grouping: batches of images that are all landscape or all portrait.

@@ -1,21 +1,17 @@
 """Named datasets: ``DatasetCatalog`` (name -> records) and ``MetadataCatalog``.
 
 A dataset is registered as a function returning ``list[dict]`` records (the COCO-style
-format of ``detgn/data/coco.py``); nothing is read until ``DatasetCatalog.get``.
-COCO-format sets registered with :func:`register_coco_instances` get metadata whose
-category attributes (``thing_classes``, id maps) are read from the JSON on first use
-and cached, so an evaluator can ask for them before the records are loaded.
-
-Built-in names (``coco_2017_{train,val}``, ``synthetic_{train,val}``) resolve their
-files under the ``DETGN_DATASETS`` environment variable (default ``./datasets``) at
-lookup time, so setting the variable after ``import detgn`` still works.
+format of ``detgn/data/coco.py``); nothing is read until ``DatasetCatalog.get``. The
+catalog knows no format: COCO-format sets are registered by
+:func:`detgn.data.coco.register_coco_instances`, the built-in names by
+:mod:`detgn.data.builtin`. Built-in files live under :func:`datasets_root`
+(``DETGN_DATASETS``, default ``./datasets``), resolved at lookup time.
 """
 from __future__ import annotations
 
 import difflib
-import inspect
 import os
-from typing import Any, Callable, Dict, List, Union
+from typing import Any, Callable, Dict, FrozenSet, List, Sequence
 
 from detgn.utils.errors import UserError
 
@@ -24,23 +20,8 @@ __all__ = [
     "DatasetCatalog",
     "MetadataCatalog",
     "Metadata",
-    "register_coco_instances",
     "datasets_root",
-    "BUILTIN_COCO_DATASETS",
 ]
-
-# name -> (json path, image folder), relative to the datasets root.
-BUILTIN_COCO_DATASETS = {
-    "coco_2017_train": ("coco/annotations/instances_train2017.json", "coco/train2017"),
-    "coco_2017_val": ("coco/annotations/instances_val2017.json", "coco/val2017"),
-    "synthetic_train": ("synthetic/annotations/instances_train.json", "synthetic/train"),
-    "synthetic_val": ("synthetic/annotations/instances_val.json", "synthetic/val"),
-}
-
-_HOW_TO_GET = {
-    "coco": "download COCO 2017 (images and annotations) into that folder (see datasets/README.md)",
-    "synthetic": "create it with `python datasets/prepare_synthetic.py --out <DETGN_DATASETS>/synthetic`",
-}
 
 
 class DatasetNotFoundError(UserError, FileNotFoundError):
@@ -66,8 +47,16 @@ class _DatasetCatalog:
 
     def __init__(self) -> None:
         self._fns: Dict[str, Callable[..., List[dict]]] = {}
+        self._accepts: Dict[str, FrozenSet[str]] = {}
 
-    def register(self, name: str, fn: Callable[..., List[dict]]) -> None:
+    def register(self, name: str, fn: Callable[..., List[dict]], *, accepts: Sequence[str] = ()) -> None:
+        """Register ``fn`` (called on every :meth:`get`) under ``name``.
+
+        Args:
+            accepts: the keyword arguments ``fn`` takes that loaders may pass, e.g.
+                ``("on_bad",)`` for a set that validates its annotations with the
+                ``DATASETS.ON_BAD_ANNOTATION`` policy. ``fn`` is called without them otherwise.
+        """
         if not callable(fn):
             raise TypeError(f"DatasetCatalog.register('{name}', fn): fn must be callable, got {type(fn).__name__}")
         if name in self._fns:
@@ -76,6 +65,7 @@ class _DatasetCatalog:
                 f"DatasetCatalog.remove('{name}') first."
             )
         self._fns[name] = fn
+        self._accepts[name] = frozenset(accepts)
 
     def get(self, name: str, **kwargs: Any) -> List[dict]:
         """Call the registered function (with ``kwargs``) and return its records."""
@@ -89,20 +79,17 @@ class _DatasetCatalog:
         return records
 
     def accepts(self, name: str, kwarg: str) -> bool:
-        """Whether ``name``'s function takes keyword ``kwarg`` (e.g. ``on_bad``)."""
+        """Whether ``name``'s function takes keyword ``kwarg`` (as declared when it was registered)."""
         if name not in self._fns:
             raise KeyError(_unknown_name_message("Dataset", name, list(self._fns)))
-        try:
-            params = inspect.signature(self._fns[name]).parameters
-        except (TypeError, ValueError):
-            return False
-        return kwarg in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        return kwarg in self._accepts[name]
 
     def list(self) -> List[str]:
         return list(self._fns)
 
     def remove(self, name: str) -> None:
         self._fns.pop(name, None)
+        self._accepts.pop(name, None)
 
     def __contains__(self, name: str) -> bool:
         return name in self._fns
@@ -194,72 +181,3 @@ class _MetadataCatalog:
 
 DatasetCatalog = _DatasetCatalog()
 MetadataCatalog = _MetadataCatalog()
-
-PathLike = Union[str, os.PathLike, Callable[[], str]]
-
-
-def _as_fn(p: PathLike) -> Callable[[], str]:
-    if callable(p):
-        return p
-    path = os.path.abspath(os.fspath(p))
-    return lambda: path
-
-
-def register_coco_instances(name: str, json_file: PathLike, image_root: PathLike) -> None:
-    """Register a COCO-format instances set under ``name``.
-
-    Args:
-        json_file: the instances JSON (a path, or a zero-argument function returning one,
-            resolved at every lookup).
-        image_root: the folder the JSON's ``file_name`` entries are relative to.
-
-    ``DatasetCatalog.get(name, on_bad="drop_degenerate"|"error"|"skip")`` loads and validates it with
-    :func:`detgn.data.coco.load_coco_json`. Its metadata: ``json_file``, ``image_root``,
-    ``evaluator_type = "coco"``, and ``thing_classes``, ``thing_dataset_id_to_contiguous_id``,
-    ``contiguous_id_to_dataset_id`` read from the JSON's categories (sorted by id).
-    """
-    _register_coco(name, _as_fn(json_file), _as_fn(image_root), missing_hint=None)
-
-
-def _register_coco(
-    name: str,
-    json_fn: Callable[[], str],
-    root_fn: Callable[[], str],
-    missing_hint: Union[Callable[[], str], None],
-) -> None:
-    # Imported here: coco.py imports this module for metadata.
-    from .coco import load_coco_categories, load_coco_json
-
-    def load(on_bad: str = "drop_degenerate") -> List[dict]:
-        # A missing built-in set is the usual first-run problem: say where it was
-        # looked for and how to get it instead of a bare "file not found".
-        if missing_hint is not None and not os.path.isfile(json_fn()):
-            raise DatasetNotFoundError(f"Dataset '{name}': annotations not found at {json_fn()}. {missing_hint()}")
-        return load_coco_json(json_fn(), root_fn(), name, on_bad=on_bad)
-
-    DatasetCatalog.register(name, load)
-    meta = MetadataCatalog.get(name)
-    meta.set(evaluator_type="coco")
-    meta.set_lazy(
-        json_file=json_fn,
-        image_root=root_fn,
-        thing_classes=lambda: load_coco_categories(json_fn()).thing_classes,
-        thing_dataset_id_to_contiguous_id=lambda: load_coco_categories(json_fn()).dataset_to_contiguous,
-        contiguous_id_to_dataset_id=lambda: load_coco_categories(json_fn()).contiguous_to_dataset,
-    )
-
-
-def _register_builtins() -> None:
-    for name, (json_rel, root_rel) in BUILTIN_COCO_DATASETS.items():
-        family = name.split("_")[0]
-        # Default arguments bind this iteration's values.
-        json_fn = lambda rel=json_rel: os.path.join(datasets_root(), rel)
-        root_fn = lambda rel=root_rel: os.path.join(datasets_root(), rel)
-        hint = lambda family=family: (
-            f"DETGN_DATASETS={os.environ.get('DETGN_DATASETS', '<unset: ./datasets>')}; set it to the folder "
-            f"that holds '{family}/', or {_HOW_TO_GET[family]}."
-        )
-        _register_coco(name, json_fn, root_fn, missing_hint=hint)
-
-
-_register_builtins()

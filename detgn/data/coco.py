@@ -5,6 +5,10 @@ one dict per image (``file_name`` absolute, ``height``, ``width``, ``image_id``,
 ``annotations``) whose annotations carry COCO XYWH boxes and CONTIGUOUS category ids
 (dataset ids sorted ascending -> 0..K-1).
 
+:func:`register_coco_instances` names such a file in the ``DatasetCatalog``, with
+metadata whose category attributes are read from the JSON on first use (so an
+evaluator can ask for them before the records are loaded).
+
 Every image record and annotation is checked (:mod:`detgn.data.coco_checks`). What
 happens to a bad one is the policy ``on_bad`` (``DATASETS.ON_BAD_ANNOTATION``):
 
@@ -31,8 +35,9 @@ import json
 import logging
 import os
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
+from .catalog import DatasetCatalog, DatasetNotFoundError, MetadataCatalog
 from .coco_checks import (
     BOX_OVERSHOOT_TOLERANCE,
     REASONS,
@@ -61,6 +66,7 @@ __all__ = [
     "scan_coco",
     "summarize_problems",
     "load_coco_json",
+    "register_coco_instances",
 ]
 
 # Values of DATASETS.ON_BAD_ANNOTATION (see the module docstring); the first is the default.
@@ -208,8 +214,6 @@ def load_coco_json(
 
 
 def _record_metadata(name: str, cats: CocoCategories, json_file: str, image_root: str) -> None:
-    from .catalog import MetadataCatalog
-
     meta = MetadataCatalog.get(name)
     # Names registered with register_coco_instances derive these from the JSON lazily.
     values = {
@@ -228,3 +232,50 @@ def _record_metadata(name: str, cats: CocoCategories, json_file: str, image_root
                 f"Dataset '{name}' already has {key} {getattr(meta, key)!r} but {json_file} gives {value!r}; "
                 "load it under another dataset name."
             )
+
+
+PathLike = Union[str, os.PathLike, Callable[[], str]]
+
+
+def _as_fn(p: PathLike) -> Callable[[], str]:
+    if callable(p):
+        return p
+    path = os.path.abspath(os.fspath(p))
+    return lambda: path
+
+
+def register_coco_instances(
+    name: str, json_file: PathLike, image_root: PathLike, *, missing_hint: Optional[Callable[[], str]] = None
+) -> None:
+    """Register a COCO-format instances set under ``name``.
+
+    Args:
+        json_file: the instances JSON (a path, or a zero-argument function returning one,
+            resolved at every lookup).
+        image_root: the folder the JSON's ``file_name`` entries are relative to (same).
+        missing_hint: when given and the JSON does not exist at lookup, loading raises
+            :class:`DatasetNotFoundError` saying where it looked and then this text (how
+            to get the files) instead of a bare "file not found".
+
+    ``DatasetCatalog.get(name, on_bad="drop_degenerate"|"error"|"skip")`` loads and validates it with
+    :func:`load_coco_json`. Its metadata: ``json_file``, ``image_root``,
+    ``evaluator_type = "coco"``, and ``thing_classes``, ``thing_dataset_id_to_contiguous_id``,
+    ``contiguous_id_to_dataset_id`` read from the JSON's categories (sorted by id).
+    """
+    json_fn, root_fn = _as_fn(json_file), _as_fn(image_root)
+
+    def load(on_bad: str = "drop_degenerate") -> List[dict]:
+        if missing_hint is not None and not os.path.isfile(json_fn()):
+            raise DatasetNotFoundError(f"Dataset '{name}': annotations not found at {json_fn()}. {missing_hint()}")
+        return load_coco_json(json_fn(), root_fn(), name, on_bad=on_bad)
+
+    DatasetCatalog.register(name, load, accepts=("on_bad",))
+    meta = MetadataCatalog.get(name)
+    meta.set(evaluator_type="coco")
+    meta.set_lazy(
+        json_file=json_fn,
+        image_root=root_fn,
+        thing_classes=lambda: load_coco_categories(json_fn()).thing_classes,
+        thing_dataset_id_to_contiguous_id=lambda: load_coco_categories(json_fn()).dataset_to_contiguous,
+        contiguous_id_to_dataset_id=lambda: load_coco_categories(json_fn()).contiguous_to_dataset,
+    )

@@ -262,6 +262,9 @@ class ClassificationMapper:
         per-sample ``numpy.random.Generator``); an unreadable file raises ``ImageReadError``.
     """
 
+    # The training loader passes each sample's own generator (exact resume; see detgn.data.build).
+    takes_rng = True
+
     def __init__(self, *, is_train: bool, train_crop: int = 224, min_area: float = 0.08, test_resize: int = 256,
                  test_crop: int = 224, random_flip: float = 0.5, image_format: str = "BGR"):
         if image_format not in ("BGR", "RGB"):

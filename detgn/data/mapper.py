@@ -35,7 +35,7 @@ from detgn.utils.errors import UserError
 
 from .transforms import ResizeFlip, resized_shape, sample_resize_flip
 
-__all__ = ["DatasetMapper", "ImageReadError", "ImageSizeMismatchError", "read_image"]
+__all__ = ["DatasetMapper", "ImageReadError", "ImageSizeMismatchError", "check_image_size", "read_image"]
 
 
 class ImageReadError(UserError, RuntimeError):
@@ -86,6 +86,25 @@ def read_image(file_name: str, *, image_format: str = "BGR", image_id: Any = Non
     elif image_format != "BGR":
         raise ValueError(f"image_format must be 'BGR' or 'RGB', got {image_format!r}")
     return image
+
+
+def check_image_size(image: np.ndarray, record: Dict[str, Any]) -> None:
+    """Raise :class:`ImageSizeMismatchError` when ``image`` is not the record's height x width."""
+    height, width = int(record["height"]), int(record["width"])
+    if image.shape[:2] != (height, width):
+        file_name, image_id = record.get("file_name"), record.get("image_id")
+        raise ImageSizeMismatchError(
+            f"{file_name} (image id {image_id}): decoded image is {image.shape[1]}x{image.shape[0]} "
+            f"(width x height) but its record says {width}x{height}; fix the JSON's width/height or "
+            "replace the file",
+            file_name=file_name,
+            image_id=image_id,
+        )
+
+
+def _chw_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 array -> (3, H, W) uint8 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
 class DatasetMapper:
@@ -165,22 +184,17 @@ class DatasetMapper:
             flip_prob=self.random_flip, rng=rng,
         )
 
+    # The training loader passes each sample's own generator (see detgn.data.build).
+    takes_rng = True
+
     def __call__(self, record: Dict[str, Any], rng: Optional[np.random.Generator] = None) -> Dict[str, Any]:
         file_name, image_id = record["file_name"], record.get("image_id")
         height, width = int(record["height"]), int(record["width"])
         image = read_image(file_name, image_format=self.image_format, image_id=image_id)
-        if image.shape[:2] != (height, width):
-            raise ImageSizeMismatchError(
-                f"{file_name} (image id {image_id}): decoded image is {image.shape[1]}x{image.shape[0]} "
-                f"(width x height) but its record says {width}x{height}; fix the JSON's width/height or "
-                "replace the file",
-                file_name=file_name,
-                image_id=image_id,
-            )
+        check_image_size(image, record)
         tf = self.transform_for(height, width, rng)
-        image = tf.apply_image(image)
         out = {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "image": _chw_tensor(tf.apply_image(image)),
             "height": height,
             "width": width,
             "image_id": image_id,
@@ -189,6 +203,19 @@ class DatasetMapper:
         if self.is_train:
             out["instances"] = self.annotations_to_instances(record.get("annotations", []), tf, record)
         return out
+
+    def map_image(self, image: np.ndarray, rng: Optional[np.random.Generator] = None) -> Dict[str, Any]:
+        """An image already in memory -> ``{"image", "height", "width"}`` (no annotations).
+
+        Args:
+            image: (H, W, 3) uint8 in ``image_format`` order.
+        Returns:
+            the model input of :meth:`__call__` without ``image_id``, ``file_name`` and
+            ``instances``: resized exactly as a file of that image would be.
+        """
+        height, width = image.shape[:2]
+        tf = self.transform_for(height, width, rng)
+        return {"image": _chw_tensor(tf.apply_image(image)), "height": height, "width": width}
 
     def annotations_to_instances(self, annotations: List[dict], tf: ResizeFlip, record: Dict[str, Any]) -> Instances:
         """Non-crowd annotations -> ``Instances`` in the transformed image's coordinates."""

@@ -36,7 +36,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import cv2
 import numpy as np
 
-from .synthetic import CATEGORIES, _background, _Canvas, _fill_parts, _unit_shape
+from .synthetic_render import CATEGORIES, _background, _Canvas, _fill_parts, _unit_shape
 
 __all__ = ["ClsStyle", "class_names", "render_cls_sample", "generate_synthetic_cls", "INFO_FILE"]
 

@@ -14,7 +14,7 @@ import torch
 import yaml
 from torch import nn
 
-from detgn.checkpoint import Checkpointer, atomic_write
+from detgn.checkpoint import Checkpointer
 from detgn.solver import (
     Schedule,
     build_lr_scheduler,
@@ -27,6 +27,7 @@ from detgn.solver import (
 from detgn.utils import comm
 from detgn.utils.env import collect_env_info
 from detgn.utils.events import EventWriter
+from detgn.utils.file_io import atomic_write_text
 from detgn.utils.logger import setup_logger
 from detgn.utils.seed import draw_seed, seed_all_rng
 
@@ -110,7 +111,7 @@ def default_setup(cfg, *, resume: bool = False) -> int:
         if cfg.VERBOSE_STARTUP:
             logger.info("Environment:\n%s", collect_env_info())
         path = os.path.join(out, "config.yaml")
-        atomic_write(path, lambda f: f.write(cfg.dump().encode()))
+        atomic_write_text(path, cfg.dump())
         logger.info("Resolved config saved to %s", path)
     return seed
 
@@ -187,7 +188,8 @@ def build_trainer(
     bad_images=None,
     precise_bn_data_fn: Optional[Callable[[], Iterable]] = None,
 ) -> Trainer:
-    """A :class:`Trainer` for ``model`` (already on ``MODEL.DEVICE``) with the config's schedule.
+    """A :class:`Trainer` for ``model`` (as :func:`detgn.modeling.build_model` made it: on
+    ``MODEL.DEVICE``, channels-last with ``CPU.CHANNELS_LAST``) with the config's schedule.
 
     Resolves the schedule for this world size, builds the optimizer (param groups by
     kind), LR scheduler and checkpointer, wraps the model in DDP when there are several
@@ -213,9 +215,6 @@ def build_trainer(
     """
     world_size = comm.get_world_size()
     schedule = resolve_schedule(cfg, world_size)
-    if cfg.CPU.CHANNELS_LAST:
-        # Conv weights in NHWC make the convs' outputs NHWC too, so the inputs follow.
-        model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model, schedule)
     scheduler = build_lr_scheduler(optimizer, schedule)
     checkpointer = Checkpointer(

@@ -143,13 +143,21 @@ class Trainer:
         return self.start_iter
 
     def train(self) -> None:
-        """Run iterations ``start_iter .. max_iter - 1``."""
+        """Run iterations ``start_iter .. max_iter - 1``.
+
+        ``self.storage`` is the current event storage meanwhile
+        (:func:`detgn.utils.events.get_event_storage`), so the model can record statistics.
+        """
         self.storage = EventStorage(self.start_iter)
         self.iter = self.start_iter
         self.finished = False
         self.model.train()
         logger.info("Starting training at iteration %d of %d", self.start_iter, self.max_iter)
         self._data_iter = iter(self.data_loader_fn(self.start_iter))
+        with self.storage:
+            self._train_loop()
+
+    def _train_loop(self) -> None:
         try:
             for h in self._hooks:
                 h.before_train()

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from detgn.utils import comm
+from detgn.utils.file_io import atomic_write_json
 
-from .coco_evaluator import METRICS_FILE, _write_json
+from .coco_evaluator import METRICS_FILE
 from .evaluator import DatasetEvaluator
 
 logger = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ class ClassificationEvaluator(DatasetEvaluator):
         results = {"classification": classification_metrics(labels, ranks, class_names=self._class_names,
                                                              topk=self._topk)}
         if self._output_dir:
-            _write_json(os.path.join(self._output_dir, METRICS_FILE), results)
+            atomic_write_json(os.path.join(self._output_dir, METRICS_FILE), results)
         m = results["classification"]
         logger.info("Classification on %s (%d images): %s", self._dataset_name, m["num_images"],
                     ", ".join(f"{k}={v:.2f}" for k, v in m.items() if isinstance(v, float)))

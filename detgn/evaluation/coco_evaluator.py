@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from detgn.utils import comm
+from detgn.utils.file_io import atomic_write_json
 
 from .evaluator import DatasetEvaluator, format_results_table
 
@@ -254,16 +255,6 @@ def _segm_available(results: List[dict]) -> bool:
     return all("segmentation" in r for r in results)
 
 
-def _write_json(path: str, obj) -> None:
-    """Write via a temporary file so a crash never leaves a truncated JSON behind."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        # dumps (one C-encoder call) is several times faster than dump's chunked writes.
-        f.write(json.dumps(obj))
-    os.replace(tmp, path)
-
-
 def _evaluate_tasks(
     coco_gt, results: List[dict], tasks: Sequence[str], *, class_names=None, img_ids=None,
     output_dir: Optional[str] = None,
@@ -282,7 +273,7 @@ def _evaluate_tasks(
         for task in tasks
     }
     if output_dir:
-        _write_json(os.path.join(output_dir, METRICS_FILE), out)
+        atomic_write_json(os.path.join(output_dir, METRICS_FILE), out)
     logger.info("COCO metrics:\n%s", format_results_table(out))
     return out
 
@@ -433,7 +424,7 @@ class COCOEvaluator(DatasetEvaluator):
             img_ids = seen
         results = [r for p in predictions for r in p["instances"]]
         if self._output_dir:
-            _write_json(os.path.join(self._output_dir, RESULTS_FILE), results)
+            atomic_write_json(os.path.join(self._output_dir, RESULTS_FILE), results)
         return _evaluate_tasks(
             self._coco_gt, results, self._tasks, class_names=self._class_names,
             img_ids=img_ids, output_dir=self._output_dir,

@@ -9,7 +9,7 @@ from .batch_norm import (
     log_evalnorm_state,
     pop_evalnorm_loss,
 )
-from .conv import Conv2d
+from .conv import Conv2d, add_conv_norm_relu_stack
 from .norm import (
     NORM_NAMES,
     FrozenBatchNorm2d,
@@ -41,6 +41,7 @@ __all__ = [
     "ROIPooler",
     "ShapeSpec",
     "SyncBatchNorm2d",
+    "add_conv_norm_relu_stack",
     "assign_boxes_to_levels",
     "batched_nms",
     "c2_msra_fill",

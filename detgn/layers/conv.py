@@ -1,12 +1,14 @@
-"""``Conv2d`` that owns its norm and activation: conv -> norm -> activation."""
+"""``Conv2d`` that owns its norm and activation: conv -> norm -> activation; stacks of them."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .norm import NormSpec, get_norm
+from .weight_init import c2_msra_fill
 
 
 class Conv2d(nn.Conv2d):
@@ -70,3 +72,27 @@ class Conv2d(nn.Conv2d):
         if self.activation is not None and not isinstance(self.activation, nn.Module):
             s += f", activation={getattr(self.activation, '__name__', self.activation)}"
         return s
+
+
+def add_conv_norm_relu_stack(
+    parent: nn.Module, *, in_channels: int, dims: Sequence[int], norm: NormSpec, name_format: str
+) -> Tuple[List[str], int]:
+    """Add 3x3 conv -> norm -> ReLU layers to ``parent``, the convs of the RoI heads.
+
+    Layer ``k`` (from 1) is ``parent.<name_format.format(k)>``, a :class:`Conv2d` with
+    ``dims[k - 1]`` output channels, MSRA-filled, without a bias when it has a norm.
+
+    Returns:
+        (the layers' names in order, the channels of the last one's output).
+    """
+    names: List[str] = []
+    channels = in_channels
+    for k, dim in enumerate(dims):
+        layer_norm = get_norm(norm, dim)
+        conv = Conv2d(channels, dim, kernel_size=3, padding=1, bias=layer_norm is None, norm=layer_norm,
+                      activation=F.relu)
+        c2_msra_fill(conv)
+        names.append(name_format.format(k + 1))
+        parent.add_module(names[-1], conv)
+        channels = dim
+    return names, channels

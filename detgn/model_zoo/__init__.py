@@ -1,4 +1,4 @@
-"""Model zoo: zoo names -> hash-verified cached files, and configs/models by name.
+"""Model zoo: zoo names -> hash-verified cached files.
 
 ``download("detgn://ImageNetPretrained/R-50-GN")`` returns a local path (cache in
 ``DETGN_CACHE``, offline mirror in ``DETGN_MODEL_ZOO_MIRROR``, server in
@@ -6,6 +6,12 @@
 ``is_verified(path)`` says whether it passed such a check. Loading does not depend on
 it: ``.pkl`` weights are always read with a restricted unpickler (no code from the
 file runs), verified or not.
+
+The zoo is a leaf: ``catalog`` (names -> files), ``verify`` (cache, sha256, trust),
+``transfer`` (mirror and HTTP) and ``download`` import nothing of detgn but
+``detgn.utils``. Configs and models by zoo name (``get``, ``get_config``,
+``trained_weights_name``) live one level up in :mod:`detgn.zoo`; the names here are
+aliases resolved on first use, so importing the zoo never imports the model code.
 """
 from .catalog import (
     MODEL_ZOO,
@@ -17,21 +23,16 @@ from .catalog import (
     register_model,
     resolve,
 )
-from .download import (
+from .download import download, get_checkpoint_path
+from .transfer import (
     ChecksumError,
     DownloadHTTPError,
     ModelNotFoundError,
     ModelZooError,
     OfflineError,
     TruncatedDownloadError,
-    cache_root,
-    download,
-    file_sha256,
-    get_checkpoint_path,
-    is_verified,
-    mirror_root,
 )
-from .model_zoo import get, get_config, trained_weights_name
+from .verify import cache_root, file_sha256, is_trusted_zoo_file, is_verified, mirror_root
 
 __all__ = [
     "MODEL_ZOO",
@@ -51,6 +52,7 @@ __all__ = [
     "get",
     "get_checkpoint_path",
     "get_config",
+    "is_trusted_zoo_file",
     "is_verified",
     "list_models",
     "mirror_root",
@@ -58,3 +60,14 @@ __all__ = [
     "resolve",
     "trained_weights_name",
 ]
+
+_FACADE = ("get", "get_config", "trained_weights_name")
+
+
+def __getattr__(name: str):
+    # Aliases of detgn.zoo, imported on first use only: the zoo stays a leaf at import.
+    if name in _FACADE:
+        from detgn import zoo
+
+        return getattr(zoo, name)
+    raise AttributeError(f"module 'detgn.model_zoo' has no attribute '{name}'")

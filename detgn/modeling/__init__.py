@@ -1,7 +1,8 @@
 """The detector: backbones, RPN, RoI heads and the GeneralizedRCNN that ties them."""
 from .box_regression import Box2BoxTransform
-from .build import META_ARCH_REGISTRY, build_model, describe_model
+from .build import META_ARCH_REGISTRY, build_model, build_model_without_weights
 from .classifier import ImageClassifier, trunk_state_dict
+from .describe import count_flops, count_parameters, describe_model
 from .matcher import Matcher
 from .meta_arch import GeneralizedRCNN, detector_postprocess
 from .roi_heads import ROI_HEADS_REGISTRY
@@ -15,6 +16,9 @@ __all__ = [
     "Matcher",
     "ROI_HEADS_REGISTRY",
     "build_model",
+    "build_model_without_weights",
+    "count_flops",
+    "count_parameters",
     "describe_model",
     "detector_postprocess",
     "subsample_labels",

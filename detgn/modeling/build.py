@@ -1,19 +1,25 @@
-"""``build_model(cfg)`` and ``describe_model(model)``: what was built, with which norms, what is frozen."""
+"""``build_model(cfg)``: the detector of a config, on its device, in its memory format.
+
+Every path that makes a model from a config (training, ``--eval-only``, the
+:class:`detgn.engine.Predictor`, the zoo's ``get``, the tools) goes through
+:func:`build_model`, so device placement and ``CPU.CHANNELS_LAST`` apply to all of
+them. :func:`build_model_without_weights` builds a config by name for counting and
+inspection (``tools/model_info.py``, the golden parameter-count test).
+"""
 from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
-from typing import List, Optional, Tuple
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-from detgn.config import ConfigError
+from detgn.config import ConfigError, load_config
 from detgn.layers.batch_norm import EVALNORM_MODES, configure_evalnorm
-from detgn.layers.norm import FrozenBatchNorm2d, norm_label
 
-from .classifier import ImageClassifier, describe_classifier
+from .classifier import ImageClassifier
+from .describe import describe_model
 from .meta_arch import GeneralizedRCNN
 
 logger = logging.getLogger(__name__)
@@ -39,14 +45,19 @@ def build_model(cfg) -> nn.Module:
     """Build the model of MODEL.META_ARCHITECTURE on MODEL.DEVICE and log its description.
 
     Returns:
-        a ``GeneralizedRCNN`` (or an ``ImageClassifier``) in training mode, weights freshly initialised (load
-        MODEL.WEIGHTS with the checkpointer).
+        a ``GeneralizedRCNN`` (or an ``ImageClassifier``) in training mode, weights freshly
+        initialised (load MODEL.WEIGHTS with :func:`detgn.checkpoint.load_weights`), its conv
+        weights channels-last when ``CPU.CHANNELS_LAST`` is set, its BN layers set up for
+        ``MODEL.EVALNORM``.
     """
     name = cfg.MODEL.META_ARCHITECTURE
     if name not in META_ARCH_REGISTRY:
         raise ValueError(f"MODEL.META_ARCHITECTURE = {name!r} is unknown; choose one of {sorted(META_ARCH_REGISTRY)}")
     model = META_ARCH_REGISTRY[name].from_config(cfg)
     model.to(resolve_device(cfg.MODEL.DEVICE))
+    if cfg.CPU.CHANNELS_LAST:
+        # Conv weights in NHWC make the convs' outputs NHWC too, so the activations follow.
+        model.to(memory_format=torch.channels_last)
     _configure_evalnorm(cfg, model)
     if cfg.VERBOSE_STARTUP:
         logger.info("Model:\n%s", describe_model(model))
@@ -66,73 +77,27 @@ def _configure_evalnorm(cfg, model: nn.Module) -> None:
                     ": alpha and beta are fitted by loss_evalnorm during training" if e.MODE == "online" else "")
 
 
-def _norms(module: nn.Module) -> str:
-    counts = Counter(lab for lab in map(norm_label, module.modules()) if lab)
-    return ", ".join(f"{lab} x{n}" for lab, n in sorted(counts.items())) or "no norm"
+def build_model_without_weights(name: str, opts: Sequence[str] = (), *, device: Optional[str] = "meta"):
+    """Load the config ``name`` with ``opts``, clear MODEL.WEIGHTS and build the model.
 
+    Args:
+        name: config name or path (resolved like ``--config`` everywhere).
+        opts: ``KEY VALUE`` overrides.
+        device: ``"meta"`` builds shapes only (no memory, no initialisation: for
+            counting); None keeps MODEL.DEVICE and builds real, randomly initialised weights.
 
-def _params(module: nn.Module) -> Tuple[int, int]:
-    total = sum(p.numel() for p in module.parameters())
-    frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
-    return total, frozen
-
-
-def _frozen_children(module: nn.Module) -> List[str]:
-    """Children whose parameters are all frozen (e.g. ``stem``, ``res2``)."""
-    names = []
-    for name, child in module.named_children():
-        total, frozen = _params(child)
-        if total > 0 and frozen == total:
-            names.append(name)
-    return names
-
-
-def _parts(model: nn.Module) -> List[Tuple[str, List[nn.Module]]]:
-    """(label, modules) of the parts whose norm the config chooses separately."""
-    if isinstance(model, ImageClassifier):
-        return describe_classifier(model)
-    parts = []
-    backbone = model.backbone
-    bottom_up = getattr(backbone, "bottom_up", None)
-    if bottom_up is not None:
-        parts.append((f"backbone ({type(bottom_up).__name__})", [bottom_up]))
-        fpn = [m for n, m in backbone.named_children() if n != "bottom_up"]
-        parts.append(("FPN", fpn))
-    else:
-        parts.append((f"backbone ({type(backbone).__name__})", [backbone]))
-    parts.append(("RPN head", [model.proposal_generator.rpn_head]))
-    heads = model.roi_heads
-    if hasattr(heads, "res5"):
-        parts.append(("res5 head (C4)", [heads.res5]))
-    if hasattr(heads, "box_head"):
-        names = getattr(heads.box_head, "conv_names", []) + getattr(heads.box_head, "fc_names", [])
-        parts.append((f"box head ({', '.join(names)})", [heads.box_head]))
-    parts.append(("box predictor", [heads.box_predictor]))
-    if getattr(heads, "mask_on", False):
-        parts.append(("mask head", [heads.mask_head]))
-    return parts
-
-
-def describe_model(model: nn.Module) -> str:
-    """A few lines saying which norm each part got and what is frozen.
-
-    Example::
-
-        backbone (ResNet): FrozenBN x53 | 23,454,912 params, 225,344 frozen (stem, res2)
-        FPN: GN(G=32) x8 | 3,344,384 params
-        ...
+    Returns:
+        (cfg, model, weights) where ``weights`` is the MODEL.WEIGHTS that was ignored.
     """
-    lines = []
-    for label, modules in _parts(model):
-        wrapper = nn.ModuleList(modules)
-        total, frozen = _params(wrapper)
-        text = f"{label}: {_norms(wrapper)} | {total:,} params"
-        if frozen:
-            where = [n for m in modules for n in _frozen_children(m)]
-            text += f", {frozen:,} frozen" + (f" ({', '.join(where)})" if where else "")
-        lines.append(text)
-    total, frozen = _params(model)
-    if any(isinstance(m, FrozenBatchNorm2d) for m in model.modules()):
-        lines.append("FrozenBN layers are fixed per-channel affines (buffers, never trained)")
-    lines.append(f"total: {total:,} params, {total - frozen:,} trainable, {frozen:,} frozen")
-    return "\n".join(lines)
+    cfg = load_config(name, opts, freeze=False)
+    weights = cfg.MODEL.WEIGHTS
+    cfg.MODEL.WEIGHTS = ""
+    cfg.VERBOSE_STARTUP = False  # the caller prints describe_model itself
+    if device is not None:
+        cfg.MODEL.DEVICE = device
+    cfg.freeze()
+    if device == "meta":
+        # Parameters created inside this context are meta tensors: no memory, init is a no-op.
+        with torch.device("meta"):
+            return cfg, build_model(cfg), weights
+    return cfg, build_model(cfg), weights

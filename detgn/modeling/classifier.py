@@ -126,7 +126,7 @@ def save_trunk(model, path: str, *, cfg=None) -> str:
     ``MODEL.RESNETS.*`` (``detgn.checkpoint.load_weights`` places the names into an FPN or
     C4 model). ``meta`` records the architecture and the input normalisation it was trained with.
     """
-    from detgn.checkpoint import atomic_write
+    from detgn.utils.file_io import atomic_write
 
     meta = {"format": "detgn pre-trained trunk", "version": 1}
     if cfg is not None:

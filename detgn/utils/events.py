@@ -11,6 +11,12 @@ iteration, evaluation results when they happen); writers read it every
 
 Scalars put with ``smooth=True`` (losses, timings) are reported as the median
 over the iterations since the last write; the others (LR, AP) as their latest value.
+
+Modules record what researchers watch during training (anchors and RoIs sampled,
+classification accuracy) into the storage of the run in progress, found with
+:func:`get_event_storage` (None outside training, so recording is a no-op there). A
+0-dim tensor is stored as is and read when a writer reports it: recording adds no
+host-device synchronisation to the step.
 """
 from __future__ import annotations
 
@@ -23,18 +29,44 @@ import math
 import os
 import statistics
 from collections import defaultdict
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
-__all__ = ["EventStorage", "EventWriter", "ConsoleWriter", "JSONWriter", "TensorboardWriter", "read_metrics"]
+from .file_io import atomic_write_text
+
+__all__ = [
+    "EventStorage",
+    "EventWriter",
+    "ConsoleWriter",
+    "JSONWriter",
+    "TensorboardWriter",
+    "get_event_storage",
+    "read_metrics",
+]
 
 
 _CONSOLE_EVAL_KEYS = ("AP", "AP50", "AP75")
 
 
+_CURRENT_STORAGE: List["EventStorage"] = []
+
+
+def get_event_storage() -> Optional["EventStorage"]:
+    """The storage of the training run in progress (the innermost ``with storage:``), or None.
+
+    The trainer enters its storage for the whole run, so a module's forward can record
+    training statistics (``storage.put_scalar("rpn/num_pos_anchors", t)``) without being
+    handed the trainer; outside training there is none and nothing is recorded.
+    """
+    return _CURRENT_STORAGE[-1] if _CURRENT_STORAGE else None
+
+
 class EventStorage:
     """Scalars by name, each a history of ``(iteration, value)``.
+
+    Used as a context manager (``with storage:``) it is the one :func:`get_event_storage`
+    returns.
 
     Args:
         start_iter: the iteration the run starts (or resumes) at.
@@ -42,17 +74,47 @@ class EventStorage:
 
     def __init__(self, start_iter: int = 0):
         self.iter = start_iter
-        self._history: Dict[str, List[Tuple[int, float]]] = defaultdict(list)
+        # Values are floats, or 0-dim tensors not read yet (see put_scalar).
+        self._history: Dict[str, List[Tuple[int, Union[float, torch.Tensor]]]] = defaultdict(list)
         self._smooth: Dict[str, bool] = {}
         # Set by a hook whose results must be written at this iteration (evaluation).
         self.flush_requested = False
 
+    def __enter__(self) -> "EventStorage":
+        _CURRENT_STORAGE.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _CURRENT_STORAGE.remove(self)
+
     def put_scalar(self, name: str, value, *, smooth: bool = True) -> None:
-        """Record ``value`` (a number or a 0-dim tensor) at the current iteration."""
+        """Record ``value`` (a number or a 0-dim tensor) at the current iteration.
+
+        A tensor is kept (detached) and converted when the value is read, normally by a
+        writer every ``LOG_PERIOD`` iterations, so that recording a statistic computed on
+        the GPU does not wait for the GPU. A NaN in a smoothed scalar means "no sample at
+        this iteration" (e.g. the foreground accuracy of a batch without foreground) and
+        is left out of the window's median.
+        """
         if isinstance(value, torch.Tensor):
-            value = value.detach().float().item()
-        self._history[name].append((self.iter, float(value)))
+            value = value.detach()
+        else:
+            value = float(value)
+        self._history[name].append((self.iter, value))
         self._smooth[name] = smooth
+
+    def _read(self, name: str) -> List[Tuple[int, float]]:
+        """``name``'s history with every tensor converted to a float (once, in one transfer per device)."""
+        h = self._history.get(name, [])
+        pending = [i for i, (_, v) in enumerate(h) if isinstance(v, torch.Tensor)]
+        by_device: Dict[torch.device, List[int]] = defaultdict(list)
+        for i in pending:
+            by_device[h[i][1].device].append(i)
+        for idx in by_device.values():
+            values = torch.stack([h[i][1].float().reshape(()) for i in idx]).tolist()
+            for i, v in zip(idx, values):
+                h[i] = (h[i][0], float(v))
+        return h
 
     def put_scalars(self, *, smooth: bool = True, **values) -> None:
         for k, v in values.items():
@@ -62,7 +124,7 @@ class EventStorage:
         """Every ``(iteration, value)`` recorded for ``name``."""
         if name not in self._history:
             raise KeyError(f"No scalar named {name!r} was recorded; have: {sorted(self._history)}")
-        return list(self._history[name])
+        return list(self._read(name))
 
     def names(self) -> List[str]:
         return sorted(self._history)
@@ -72,12 +134,12 @@ class EventStorage:
 
     def latest(self) -> Dict[str, Tuple[float, int]]:
         """``{name: (value, iteration)}`` of the last recorded value of every scalar."""
-        return {k: (h[-1][1], h[-1][0]) for k, h in self._history.items() if h}
+        return {k: (h[-1][1], h[-1][0]) for k, h in ((k, self._read(k)) for k in list(self._history)) if h}
 
     def values_since(self, name: str, after_iter: int) -> List[float]:
         """Values of ``name`` recorded at iterations > ``after_iter``."""
         out = []
-        for it, v in reversed(self._history.get(name, [])):
+        for it, v in reversed(self._read(name)):
             if it <= after_iter:
                 break
             out.append(v)
@@ -87,10 +149,14 @@ class EventStorage:
         """What a writer reports now: window medians of smoothed scalars, latest of the rest,
         for every scalar with a value recorded after ``after_iter``."""
         out = {}
-        for name in self._history:
+        for name in list(self._history):
             vals = self.values_since(name, after_iter)
-            if vals:
-                out[name] = statistics.median(vals) if self.is_smoothed(name) else vals[-1]
+            if vals and self.is_smoothed(name):
+                vals = [v for v in vals if not math.isnan(v)]
+                if vals:
+                    out[name] = statistics.median(vals)
+            elif vals:
+                out[name] = vals[-1]
         return out
 
     def trim(self, keep_last: int) -> None:
@@ -191,11 +257,7 @@ class JSONWriter(EventWriter):
         if not os.path.exists(self.path):
             return
         kept = [r for r in read_metrics(self.path) if r.get("iteration", -1) < start_iter]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            for r in kept:
-                f.write(_dumps(r))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(_dumps(r) for r in kept))
 
     def _write(self, iteration, metrics, storage, max_iter):
         if self._file is None:

@@ -11,6 +11,7 @@ from collections import defaultdict
 from typing import Dict, List, Sequence, Tuple
 
 from .events import read_metrics
+from .file_io import atomic_write
 
 __all__ = ["plot_training_curves", "curve_series"]
 
@@ -91,7 +92,5 @@ def plot_training_curves(metrics_path: str, out_path: str, *, title: str = "") -
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = out_path + ".tmp.png"
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, out_path)
+    atomic_write(out_path, lambda f: fig.savefig(f, format="png"))
     return out_path

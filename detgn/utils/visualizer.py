@@ -1,10 +1,25 @@
-"""Draw predicted (or ground-truth) instances on an image: masks, boxes, class names, scores."""
+"""Draw predicted (or ground-truth) instances on an image: masks, boxes, class names, scores.
+
+:func:`draw_predictions` draws a model's output; :func:`render` puts it beside the
+ground truth of a dataset record (decoded by :func:`gt_arrays`), each panel captioned;
+:func:`write_png` saves the picture atomically. ``tools/visualize.py`` and the demo
+drive these through :mod:`detgn.engine.visualize`.
+"""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+
+from detgn.structures import polygons_to_bitmask, rle_to_bitmask
+
+from .file_io import atomic_write_bytes
+
+__all__ = ["CAPTION_H", "GAP", "draw_instances", "draw_predictions", "gt_arrays", "render", "write_png"]
+
+CAPTION_H = 18  # pixels of the caption strip above each panel of a side-by-side picture
+GAP = 4  # white columns between the two panels
 
 
 def _palette(n: int) -> np.ndarray:
@@ -77,3 +92,66 @@ def draw_predictions(image_bgr: np.ndarray, instances, class_names=None, score_t
         masks,
         class_names,
     )
+
+
+def gt_arrays(record: Dict[str, Any]) -> Tuple[np.ndarray, List[int], Optional[np.ndarray]]:
+    """Non-crowd ground truth of a record: (boxes (N, 4) XYXY, classes (N,), masks (N, H, W) bool or None)."""
+    anns = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
+    h, w = int(record["height"]), int(record["width"])
+    xywh = np.asarray([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+    boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+    classes = [int(a["category_id"]) for a in anns]
+    if not anns or not all("segmentation" in a for a in anns):
+        return boxes, classes, None
+    masks = np.zeros((len(anns), h, w), dtype=bool)
+    for i, a in enumerate(anns):
+        segm = a["segmentation"]
+        masks[i] = rle_to_bitmask(segm, h, w) if isinstance(segm, dict) else polygons_to_bitmask(segm, h, w)
+    return boxes, classes, masks
+
+
+def _captioned(panel: np.ndarray, text: str) -> np.ndarray:
+    strip = np.full((CAPTION_H, panel.shape[1], 3), 255, dtype=np.uint8)
+    cv2.putText(strip, text, (3, CAPTION_H - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([strip, panel], axis=0)
+
+
+def render(
+    image_bgr: np.ndarray,
+    instances,
+    *,
+    class_names: Optional[Sequence[str]] = None,
+    score_thresh: float = 0.5,
+    record: Optional[Dict[str, Any]] = None,
+) -> np.ndarray:
+    """Draw one image's detections; with ``record``, its ground truth beside them.
+
+    Args:
+        image_bgr: (H, W, 3) uint8, the original image in BGR order.
+        instances: model output at (H, W) (``pred_boxes``, ``scores``, ``pred_classes``,
+            optional ``pred_masks``).
+        class_names: names by contiguous class id (None: numbers).
+        score_thresh: detections scoring lower are not drawn.
+        record: the dataset record of the image, for the ground-truth panel.
+    Returns:
+        (H, W, 3) uint8 without ``record``; otherwise (H + CAPTION_H, 2W + GAP, 3): the
+        predictions on the left, the ground truth on the right, each with a caption.
+    """
+    pred = draw_predictions(image_bgr, instances, class_names, score_thresh=score_thresh)
+    if record is None:
+        return pred
+    boxes, classes, masks = gt_arrays(record)
+    gt = draw_instances(image_bgr, boxes, classes, None, masks, class_names)
+    n_pred = int((instances.scores >= score_thresh).sum())
+    left = _captioned(pred, f"predicted {n_pred} (>={score_thresh:.2f})")
+    right = _captioned(gt, f"ground truth {len(boxes)}")
+    gap = np.full((left.shape[0], GAP, 3), 255, dtype=np.uint8)
+    return np.concatenate([left, gap, right], axis=1)
+
+
+def write_png(path: str, image: np.ndarray) -> None:
+    """Encode ``image`` (BGR) as PNG and write it atomically."""
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode {path} as PNG")
+    atomic_write_bytes(path, buf.tobytes())

@@ -134,13 +134,13 @@ def test_allow_pickle_is_threaded_through_resume_or_load(tmp_path):
 
 
 def test_load_weights_resolves_zoo_names_lazily(tmp_path, monkeypatch):
-    import detgn.model_zoo as zoo
+    import detgn.checkpoint.weights as weights_mod
 
     src = ToyModel()
     path = tmp_path / "zoo_file.pth"
     torch.save({"model": src.state_dict()}, path)
     calls = []
-    monkeypatch.setattr(zoo, "download", lambda name, **k: calls.append(name) or str(path))
+    monkeypatch.setattr(weights_mod, "download", lambda name, **k: calls.append(name) or str(path))
     dst = ToyModel()
     report = load_weights(dst, "detgn://Toy/model_final")
     assert calls == ["detgn://Toy/model_final"] and report.format == "detgn checkpoint"

@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from detgn.modeling import build_model_without_weights, count_parameters
+
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).resolve().parent / "golden_param_counts.json"
@@ -66,9 +68,9 @@ def golden_mismatch(key: str, counts: dict, golden: dict) -> str | None:
 
 
 def _meta_counts(name: str, opts=()) -> dict:
-    _, model, _ = model_info.build_without_weights(str(REPO / "configs" / name), opts, device="meta")
+    _, model, _ = build_model_without_weights(str(REPO / "configs" / name), opts, device="meta")
     assert all(p.device.type == "meta" for p in model.parameters())
-    total, trainable = model_info.count_parameters(model)
+    total, trainable = count_parameters(model)
     return {"params": total, "trainable": trainable}
 
 
@@ -98,10 +100,10 @@ def test_shipped_config_builds_with_golden_count(name):
 
 def test_meta_build_counts_like_a_cpu_build():
     name = "gn_paper/mask_rcnn_R_50_FPN_GN_2x.yaml"
-    _, model, weights = model_info.build_without_weights(str(REPO / "configs" / name), device=None)
+    _, model, weights = build_model_without_weights(str(REPO / "configs" / name), device=None)
     assert weights == "detgn://ImageNetPretrained/R-50-GN"  # cleared, not loaded
     assert {p.device.type for p in model.parameters()} == {"cpu"}
-    total, trainable = model_info.count_parameters(model)
+    total, trainable = count_parameters(model)
     assert {"params": total, "trainable": trainable} == _golden()[name] == _meta_counts(name)
 
 

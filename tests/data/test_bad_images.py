@@ -34,6 +34,8 @@ class CountingMapper:
     """The real training mapper, appending the file name of every read to ``log_path``
     (from any worker process: one short O_APPEND write per read)."""
 
+    takes_rng = True  # forwards each sample's generator to the real mapper
+
     def __init__(self, log_path):
         self.log_path = str(log_path)
         self.inner = DatasetMapper(is_train=True, min_size_train=(24, 32, 40), max_size_train=64, mask_on=False)

@@ -166,12 +166,15 @@ def test_amp_on_cpu_is_ignored_with_notice(tmp_path, caplog):
 
 
 def test_bf16_and_channels_last_on_cpu(tmp_path):
+    """CPU.CHANNELS_LAST is applied by build_model (tests/modeling/test_generalized_rcnn.py);
+    the trainer trains such a model under bf16 autocast and keeps its memory format."""
     t = make_toy_trainer(tmp_path, **{"CPU.BF16": True, "CPU.CHANNELS_LAST": True,
                                       "SOLVER.MAX_ITER": 3, "SOLVER.STEPS": ()})
+    t.toy_model.to(memory_format=torch.channels_last)  # what build_model does with CPU.CHANNELS_LAST
     assert t.bf16 is True
-    assert t.toy_model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     t.resume_or_load("", resume=False)
     t.train()
+    assert t.toy_model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert all(torch.isfinite(p).all() for p in t.toy_model.parameters())
 
 

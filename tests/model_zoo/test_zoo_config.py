@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import sys
-import types
-
 import pytest
 import torch
 
@@ -60,9 +57,11 @@ def test_get_wires_build_model_and_load_weights(configs, monkeypatch):
     def fake_load(model, path_or_name, *, allow_pickle=False):
         calls.append(("load", type(model).__name__, path_or_name))
 
-    # Stand-ins, so the wiring is tested whatever state the real modules are in.
-    monkeypatch.setitem(sys.modules, "detgn.modeling", types.SimpleNamespace(build_model=fake_build))
-    monkeypatch.setitem(sys.modules, "detgn.checkpoint", types.SimpleNamespace(load_weights=fake_load))
+    # Stand-ins for the model code the façade builds and loads through.
+    import detgn.engine.predictor as predictor_mod
+
+    monkeypatch.setattr(predictor_mod, "build_model", fake_build)
+    monkeypatch.setattr(predictor_mod, "load_weights", fake_load)
     model_zoo.get("tiny.yaml")
     assert calls == [("build", "cpu", "")]  # empty MODEL.WEIGHTS: nothing to load
     calls.clear()

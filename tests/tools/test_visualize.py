@@ -1,4 +1,5 @@
-"""tools/visualize.py on an image, a folder and a dataset split, with a tiny untrained model.
+"""tools/visualize.py (and the Predictor and drawing it runs) on an image, a folder and a
+dataset split, with a tiny untrained model.
 
 An untrained detector's class scores sit near 1/(K+1), so ``--score-thresh 0`` draws
 its detections and a threshold above 1 draws none: the first must change pixels,
@@ -45,29 +46,29 @@ def _read(path):
     return img
 
 
-def test_render_draws_detections_only_above_the_threshold(vis, tiny_config, tiny_weights, val_images):
+def test_render_draws_detections_only_above_the_threshold(tiny_config, tiny_weights, val_images):
     from detgn.config import load_config
-    from detgn.data import DatasetMapper
+    from detgn.engine import Predictor
+    from detgn.engine.visualize import class_names_for
+    from detgn.utils.visualizer import render
 
     cfg = load_config(str(tiny_config),
                       ["MODEL.WEIGHTS", str(tiny_weights), "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
-    model = vis.load_model(cfg)
-    assert not model.training
+    predictor = Predictor(cfg)
+    assert not predictor.model.training
     raw = _read(val_images[0])
-    mapper = DatasetMapper.from_config(cfg, is_train=False)
-    record = {"file_name": str(val_images[0]), "height": raw.shape[0], "width": raw.shape[1]}
-    inst = vis.predict(model, mapper, record)
+    inst = predictor(raw)
     assert len(inst) > 0 and inst.image_size == raw.shape[:2]
     assert tuple(inst.pred_masks.shape[1:]) == raw.shape[:2]
-    drawn = vis.render(raw, inst, score_thresh=0.0)
+    drawn = render(raw, inst, score_thresh=0.0)
     assert drawn.shape == raw.shape and (drawn != raw).any()
-    assert np.array_equal(vis.render(raw, inst, score_thresh=1.01), raw)
+    assert np.array_equal(render(raw, inst, score_thresh=1.01), raw)
     # The names come from synthetic_val's metadata (the config's TEST set) ...
-    names = vis.class_names_for(cfg)
+    names = class_names_for(cfg)
     assert names is not None and len(names) == 8 and names[0] == "ellipse"
     # ... and are numbers when the TEST set is not registered.
     other = load_config(str(tiny_config), ["DATASETS.TEST", "('not_a_registered_set',)"])
-    assert vis.class_names_for(other) is None
+    assert class_names_for(other) is None
 
 
 def test_single_image(vis, tiny_config, tiny_weights, val_images, tmp_path, capsys):
@@ -116,15 +117,16 @@ def test_dataset_split_with_ground_truth(vis, tiny_config, tiny_weights, tools_s
     assert rc == 0, capsys.readouterr()
     records = DatasetCatalog.get("synthetic_val")[:2]
     assert sorted(p.name for p in out.glob("*.png")) == sorted(Path(r["file_name"]).stem + ".png" for r in records)
-    caption = vis._CAPTION_H
+    from detgn.utils.visualizer import CAPTION_H as caption, GAP
+
     for r in records:
         raw = _read(r["file_name"])
         h, w = raw.shape[:2]
         png = _read(out / (Path(r["file_name"]).stem + ".png"))
-        assert png.shape == (h + caption, 2 * w + vis._GAP, 3)
+        assert png.shape == (h + caption, 2 * w + GAP, 3)
         assert np.array_equal(png[caption:, :w], raw)  # no prediction above 0.5
         assert any(not a["iscrowd"] for a in r["annotations"])
-        assert (png[caption:, w + vis._GAP:] != raw).any()  # the ground truth is drawn
+        assert (png[caption:, w + GAP:] != raw).any()  # the ground truth is drawn
     assert capsys.readouterr().out.count("[2/2]") == 1
 
 

@@ -20,6 +20,7 @@ from detgn.modeling.box_regression import Box2BoxTransform, smooth_l1_loss
 from detgn.modeling.matcher import Matcher
 from detgn.modeling.sampling import subsample_labels
 from detgn.structures import Boxes, ImageList, Instances, pairwise_iou
+from detgn.utils.events import get_event_storage
 
 from .anchors import DefaultAnchorGenerator, build_anchor_generator
 
@@ -257,7 +258,9 @@ class RPN(nn.Module):
         Returns:
             proposals: per image Instances(``proposal_boxes``, ``objectness_logits``),
                 detached (the RoI heads do not back-propagate into the RPN through them).
-            losses: ``loss_rpn_cls``, ``loss_rpn_loc`` in training, else {}.
+            losses: ``loss_rpn_cls``, ``loss_rpn_loc`` in training, else {}. Training also
+                records the sampled positive and negative anchors per image as events
+                (``rpn/num_pos_anchors``, ``rpn/num_neg_anchors``).
         """
         feats = [features[f] for f in self.in_features]
         anchors = self.anchor_generator(feats)
@@ -276,6 +279,10 @@ class RPN(nn.Module):
                 raise ValueError("RPN in training mode needs gt_instances (each image's 'instances')")
             all_anchors = Boxes.cat(anchors)
             gt_labels, gt_boxes = self.label_and_sample_anchors(all_anchors, gt_instances)
+            storage = get_event_storage()
+            if storage is not None:  # device tensors: read by the writer, no sync here
+                storage.put_scalar("rpn/num_pos_anchors", (gt_labels == 1).sum() / num_images)
+                storage.put_scalar("rpn/num_neg_anchors", (gt_labels == 0).sum() / num_images)
             losses = rpn_losses(
                 torch.cat(logits, dim=1),
                 torch.cat(deltas, dim=1),

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detgn.layers import Conv2d, Norm, c2_msra_fill, c2_xavier_fill, get_norm, norm_from_cfg
+from detgn.layers import Norm, add_conv_norm_relu_stack, c2_xavier_fill, norm_from_cfg
 from detgn.layers.shape_spec import ShapeSpec
 
 FIRST_FC_INDEX = 6  # fc6, fc7, ... as in Detectron / Caffe2 checkpoints
@@ -41,16 +41,11 @@ class FastRCNNConvFCHead(nn.Module):
         if len(conv_dims) + len(fc_dims) == 0:
             raise ValueError("The box head needs at least one conv or fc (MODEL.ROI_BOX_HEAD.NUM_CONV / NUM_FC)")
         self.conv_norm = conv_norm
-        channels, height, width = input_shape.channels, input_shape.height, input_shape.width
-        self.conv_names, self.fc_names = [], []
-        for k, dim in enumerate(conv_dims):
-            norm = get_norm(conv_norm, dim)
-            conv = Conv2d(channels, dim, kernel_size=3, padding=1, bias=norm is None, norm=norm, activation=F.relu)
-            c2_msra_fill(conv)
-            name = f"conv{k + 1}"
-            self.add_module(name, conv)
-            self.conv_names.append(name)
-            channels = dim
+        height, width = input_shape.height, input_shape.width
+        self.conv_names, channels = add_conv_norm_relu_stack(
+            self, in_channels=input_shape.channels, dims=conv_dims, norm=conv_norm, name_format="conv{}"
+        )
+        self.fc_names = []
         self._output_size = (channels, height, width)
         for k, dim in enumerate(fc_dims):
             fc = nn.Linear(channels * (height or 1) * (width or 1) if k == 0 else channels, dim)

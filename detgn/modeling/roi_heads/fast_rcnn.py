@@ -17,6 +17,7 @@ from detgn.layers import batched_nms
 from detgn.layers.shape_spec import ShapeSpec
 from detgn.modeling.box_regression import Box2BoxTransform, smooth_l1_loss
 from detgn.structures import Boxes, Instances
+from detgn.utils.events import get_event_storage
 
 
 def fast_rcnn_losses(
@@ -63,6 +64,30 @@ def fast_rcnn_losses(
     gt_deltas = box2box_transform.get_deltas(proposal_boxes[fg_inds], gt_boxes[fg_inds])
     loss_box_reg = smooth_l1_loss(fg_deltas, gt_deltas, smooth_l1_beta) / num_rois
     return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg}
+
+
+def fast_rcnn_classification_stats(pred_class_logits: torch.Tensor, gt_classes: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """How well the sampled RoIs of a batch are classified (training statistics, no loss).
+
+    Args:
+        pred_class_logits: (R, K + 1) logits, background last.
+        gt_classes: (R,) int64 in [0, K]; K is background.
+    Returns:
+        0-dim float tensors (computed on the device, no host synchronisation):
+        ``fast_rcnn/cls_accuracy`` (all RoIs), ``fast_rcnn/fg_cls_accuracy`` (foreground
+        RoIs given their class) and ``fast_rcnn/false_negative`` (foreground RoIs called
+        background); the last two are NaN when no RoI is foreground, and all three
+        when R == 0.
+    """
+    bg = pred_class_logits.shape[1] - 1
+    pred = pred_class_logits.detach().argmax(dim=1)
+    fg = (gt_classes >= 0) & (gt_classes < bg)
+    num_fg = fg.sum().float()
+    return {
+        "fast_rcnn/cls_accuracy": (pred == gt_classes).float().mean(),
+        "fast_rcnn/fg_cls_accuracy": ((pred == gt_classes) & fg).sum().float() / num_fg,
+        "fast_rcnn/false_negative": ((pred == bg) & fg).sum().float() / num_fg,
+    }
 
 
 def fast_rcnn_inference_single_image(
@@ -182,7 +207,8 @@ class FastRCNNOutputLayers(nn.Module):
         return self.cls_score(x), self.bbox_pred(x)
 
     def losses(self, predictions, proposals: List[Instances]) -> Dict[str, torch.Tensor]:
-        """Losses against the ``gt_classes`` / ``gt_boxes`` the RoI sampler set on ``proposals``."""
+        """Losses against the ``gt_classes`` / ``gt_boxes`` the RoI sampler set on ``proposals``;
+        during training also records :func:`fast_rcnn_classification_stats` as events."""
         logits, deltas = predictions
         if len(proposals):
             gt_classes = torch.cat([p.gt_classes for p in proposals])
@@ -191,6 +217,9 @@ class FastRCNNOutputLayers(nn.Module):
         else:
             gt_classes = logits.new_zeros((0,), dtype=torch.int64)
             proposal_boxes = gt_boxes = logits.new_zeros((0, 4))
+        storage = get_event_storage()
+        if storage is not None:
+            storage.put_scalars(**fast_rcnn_classification_stats(logits, gt_classes))
         return fast_rcnn_losses(
             logits, deltas, gt_classes, proposal_boxes, gt_boxes, self.box2box_transform, self.smooth_l1_beta
         )

@@ -8,13 +8,13 @@ Holds the pure loss and inference functions and the module.
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detgn.layers import Conv2d, Norm, c2_msra_fill, get_norm, norm_from_cfg
+from detgn.layers import Norm, add_conv_norm_relu_stack, c2_msra_fill, norm_from_cfg
 from detgn.layers.shape_spec import ShapeSpec
 from detgn.structures import Instances
 
@@ -63,6 +63,22 @@ def mask_rcnn_targets(instances: List[Instances], mask_size: int) -> Tuple[torch
     return torch.cat(classes), torch.cat(targets)
 
 
+def mask_rcnn_fg_loss(pred_mask_logits: torch.Tensor, fg_instances: List[Instances]) -> torch.Tensor:
+    """The mask loss of a batch's foreground RoIs: their targets, then :func:`mask_rcnn_loss`.
+
+    Args:
+        pred_mask_logits: (R, K, M, M) (or (R, 1, M, M)) logits of the foreground RoIs, in
+            the order of ``fg_instances`` (image by image).
+        fg_instances: per image the foreground RoIs (``proposal_boxes``, ``gt_classes``,
+            ``gt_masks``), as :func:`~.roi_heads.select_foreground_proposals` gives them.
+    Returns:
+        the scalar loss (0, connected to the logits, when R == 0).
+    """
+    gt_classes, gt_masks = mask_rcnn_targets(fg_instances, pred_mask_logits.shape[-1])
+    device = pred_mask_logits.device
+    return mask_rcnn_loss(pred_mask_logits, gt_classes.to(device), gt_masks.to(device))
+
+
 def mask_rcnn_inference(pred_mask_logits: torch.Tensor, pred_instances: List[Instances]) -> None:
     """Set ``pred_masks`` (D_i, 1, M, M) probabilities of each detection's predicted class.
 
@@ -106,16 +122,9 @@ class MaskRCNNConvUpsampleHead(nn.Module):
         if len(conv_dims) < 1:
             raise ValueError("conv_dims needs at least the deconv's channels")
         self.conv_norm = conv_norm
-        channels = input_shape.channels
-        self.conv_names = []
-        for k, dim in enumerate(conv_dims[:-1]):
-            norm = get_norm(conv_norm, dim)
-            conv = Conv2d(channels, dim, kernel_size=3, padding=1, bias=norm is None, norm=norm, activation=F.relu)
-            c2_msra_fill(conv)
-            name = f"mask_fcn{k + 1}"
-            self.add_module(name, conv)
-            self.conv_names.append(name)
-            channels = dim
+        self.conv_names, channels = add_conv_norm_relu_stack(
+            self, in_channels=input_shape.channels, dims=conv_dims[:-1], norm=conv_norm, name_format="mask_fcn{}"
+        )
         self.conv5_mask = nn.ConvTranspose2d(channels, conv_dims[-1], kernel_size=2, stride=2)
         c2_msra_fill(self.conv5_mask)
         self.mask_fcn_logits = nn.Conv2d(conv_dims[-1], 1 if cls_agnostic_mask else num_classes, kernel_size=1)
@@ -131,13 +140,18 @@ class MaskRCNNConvUpsampleHead(nn.Module):
         return self.mask_fcn_logits(x)
 
 
-def build_mask_head(cfg, input_shape: ShapeSpec) -> MaskRCNNConvUpsampleHead:
-    """The mask head of MODEL.ROI_MASK_HEAD (NUM_CONV, CONV_DIM, NORM, CLS_AGNOSTIC_MASK)."""
+def build_mask_head(cfg, input_shape: ShapeSpec, *, num_conv: Optional[int] = None) -> MaskRCNNConvUpsampleHead:
+    """The mask head of MODEL.ROI_MASK_HEAD (NUM_CONV, CONV_DIM, NORM, CLS_AGNOSTIC_MASK).
+
+    ``num_conv`` overrides NUM_CONV: the C4 heads pass 0 (just the deconv and the
+    predictor, on the res5 features shared with the box branch).
+    """
     head = cfg.MODEL.ROI_MASK_HEAD
+    num_conv = head.NUM_CONV if num_conv is None else num_conv
     return MaskRCNNConvUpsampleHead(
         input_shape,
         num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES,
-        conv_dims=[head.CONV_DIM] * (head.NUM_CONV + 1),
+        conv_dims=[head.CONV_DIM] * (num_conv + 1),
         conv_norm=norm_from_cfg(cfg, head.NORM),
         cls_agnostic_mask=head.CLS_AGNOSTIC_MASK,
     )

@@ -20,16 +20,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from detgn.layers import ROIPooler, norm_from_cfg
+from detgn.layers import ROIPooler
 from detgn.layers.shape_spec import ShapeSpec
 from detgn.modeling.backbone.resnet import build_res5_stage
 from detgn.modeling.matcher import Matcher
 from detgn.modeling.sampling import subsample_labels
 from detgn.structures import Boxes, ImageList, Instances, pairwise_iou
+from detgn.utils.events import get_event_storage
 
 from .box_head import build_box_head
 from .fast_rcnn import FastRCNNOutputLayers, build_fast_rcnn_output_layers
-from .mask_head import MaskRCNNConvUpsampleHead, build_mask_head, mask_rcnn_inference, mask_rcnn_loss, mask_rcnn_targets
+from .mask_head import build_mask_head, mask_rcnn_fg_loss, mask_rcnn_inference
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +106,11 @@ class ROIHeads(nn.Module):
             per image at most ``batch_size_per_image`` RoIs (foreground first) with
             ``gt_classes`` (K for background), ``gt_boxes`` (matched box, zeros when the
             image has no ground truth) and every other ``gt_*`` field of the targets,
-            matched (when the image has ground truth).
+            matched (when the image has ground truth). During training the foreground
+            and background RoIs per image are recorded as events
+            (``roi_head/num_fg_samples``, ``roi_head/num_bg_samples``).
         """
-        out = []
+        out, num_fg, num_bg = [], [], []
         for props, tgt in zip(proposals, targets):
             if self.proposal_append_gt:
                 props = add_ground_truth_to_proposals(tgt.gt_boxes, props)
@@ -121,6 +124,8 @@ class ROIHeads(nn.Module):
             else:
                 gt_classes = torch.full_like(matches, self.num_classes)
             pos, neg = subsample_labels(gt_classes, self.batch_size_per_image, self.positive_fraction, self.num_classes)
+            num_fg.append(pos.numel())  # sizes of index tensors: known on the host
+            num_bg.append(neg.numel())
             idx = torch.cat([pos, neg])
             sampled = props[idx]
             sampled.gt_classes = gt_classes[idx]
@@ -131,6 +136,10 @@ class ROIHeads(nn.Module):
             else:
                 sampled.gt_boxes = Boxes(props.proposal_boxes.tensor.new_zeros((len(idx), 4)))
             out.append(sampled)
+        storage = get_event_storage()
+        if storage is not None and out:
+            storage.put_scalar("roi_head/num_fg_samples", sum(num_fg) / len(out))
+            storage.put_scalar("roi_head/num_bg_samples", sum(num_bg) / len(out))
         return out
 
 
@@ -211,8 +220,7 @@ class StandardROIHeads(ROIHeads):
         if self.training:
             fg, _ = select_foreground_proposals(instances, self.num_classes)
             logits = self.mask_head(self.mask_pooler(feats, [p.proposal_boxes for p in fg]))
-            gt_classes, gt_masks = mask_rcnn_targets(fg, logits.shape[-1])
-            return {"loss_mask": mask_rcnn_loss(logits, gt_classes.to(logits.device), gt_masks.to(logits.device))}
+            return {"loss_mask": mask_rcnn_fg_loss(logits, fg)}
         logits = self.mask_head(self.mask_pooler(feats, [i.pred_boxes for i in instances]))
         mask_rcnn_inference(logits, instances)
         return instances
@@ -228,26 +236,15 @@ class StandardROIHeads(ROIHeads):
         channels = channels.pop()
         scales = [1.0 / input_shape[f].stride for f in in_features]
 
-        box = cfg.MODEL.ROI_BOX_HEAD
-        res = box.POOLER_RESOLUTION
-        box_pooler = ROIPooler(
-            output_size=res, scales=scales, sampling_ratio=box.POOLER_SAMPLING_RATIO,
-            aligned=_aligned(cfg, box.POOLER_ALIGNED),
-        )
-        box_head = build_box_head(cfg, ShapeSpec(channels=channels, height=res, width=res))
+        box_pooler, box_shape = _pooler(cfg, cfg.MODEL.ROI_BOX_HEAD, scales, channels)
+        box_head = build_box_head(cfg, box_shape)
         box_predictor = build_fast_rcnn_output_layers(cfg, box_head.output_shape)
 
         mask_kwargs = {}
         if cfg.MODEL.MASK_ON:
-            mask = cfg.MODEL.ROI_MASK_HEAD
-            mres = mask.POOLER_RESOLUTION
+            mask_pooler, mask_shape = _pooler(cfg, cfg.MODEL.ROI_MASK_HEAD, scales, channels)
             mask_kwargs = dict(
-                mask_in_features=in_features,
-                mask_pooler=ROIPooler(
-                    output_size=mres, scales=scales, sampling_ratio=mask.POOLER_SAMPLING_RATIO,
-                    aligned=_aligned(cfg, mask.POOLER_ALIGNED),
-                ),
-                mask_head=build_mask_head(cfg, ShapeSpec(channels=channels, height=mres, width=mres)),
+                mask_in_features=in_features, mask_pooler=mask_pooler, mask_head=build_mask_head(cfg, mask_shape),
             )
         return cls(
             box_in_features=in_features,
@@ -316,9 +313,7 @@ class Res5ROIHeads(ROIHeads):
             if self.mask_on:
                 fg, selection = select_foreground_proposals(proposals, self.num_classes)
                 sel = torch.cat(selection) if selection else torch.zeros(0, dtype=torch.bool)
-                logits = self.mask_head(res5_features[sel.to(res5_features.device)])
-                gt_classes, gt_masks = mask_rcnn_targets(fg, logits.shape[-1])
-                losses["loss_mask"] = mask_rcnn_loss(logits, gt_classes.to(logits.device), gt_masks.to(logits.device))
+                losses["loss_mask"] = mask_rcnn_fg_loss(self.mask_head(res5_features[sel.to(res5_features.device)]), fg)
             return proposals, losses
         instances, _ = self.box_predictor.inference(predictions, proposals)
         return self.forward_with_given_boxes(features, instances), {}
@@ -343,17 +338,13 @@ class Res5ROIHeads(ROIHeads):
                 "Set it to ['res4'] (and MODEL.RPN.IN_FEATURES too)"
             )
         shape = input_shape[in_features[0]]
-        box = cfg.MODEL.ROI_BOX_HEAD
-        res = box.POOLER_RESOLUTION
+        res = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
         if res != 14:
             logger.warning(
                 "Res5ROIHeads pools %dx%d RoIs; the C4 models of the paper pool 14x14 "
                 "(MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION 14)", res, res,
             )
-        pooler = ROIPooler(
-            output_size=res, scales=[1.0 / shape.stride], sampling_ratio=box.POOLER_SAMPLING_RATIO,
-            aligned=_aligned(cfg, box.POOLER_ALIGNED),
-        )
+        pooler, _ = _pooler(cfg, cfg.MODEL.ROI_BOX_HEAD, [1.0 / shape.stride], shape.channels)
         res5, out_channels = build_res5_stage(cfg)
         res5_in = res5[0].in_channels
         if res5_in != shape.channels:
@@ -364,23 +355,22 @@ class Res5ROIHeads(ROIHeads):
         box_predictor = build_fast_rcnn_output_layers(cfg, ShapeSpec(channels=out_channels, height=1, width=1))
         mask_head = None
         if cfg.MODEL.MASK_ON:
-            mask = cfg.MODEL.ROI_MASK_HEAD
             # C4's mask branch is just the deconv and the predictor on the res5 features.
-            mask_head = MaskRCNNConvUpsampleHead(
-                ShapeSpec(channels=out_channels, height=(res + 1) // 2, width=(res + 1) // 2),
-                num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES,
-                conv_dims=[mask.CONV_DIM],
-                conv_norm=norm_from_cfg(cfg, mask.NORM),
-                cls_agnostic_mask=mask.CLS_AGNOSTIC_MASK,
-            )
+            res5_shape = ShapeSpec(channels=out_channels, height=(res + 1) // 2, width=(res + 1) // 2)
+            mask_head = build_mask_head(cfg, res5_shape, num_conv=0)
         return cls(
             in_features=in_features, pooler=pooler, res5=res5, box_predictor=box_predictor,
             mask_head=mask_head, **_base_kwargs(cfg),
         )
 
 
-def _aligned(cfg, per_head: Optional[bool]) -> bool:
-    return cfg.MODEL.POOLER_ALIGNED if per_head is None else bool(per_head)
+def _pooler(cfg, head, scales: List[float], channels: int) -> Tuple[ROIPooler, ShapeSpec]:
+    """The RoIAlign of a head's config node (``POOLER_RESOLUTION``, ``POOLER_SAMPLING_RATIO``,
+    ``POOLER_ALIGNED`` or else MODEL.POOLER_ALIGNED) and the shape of what it pools."""
+    res = head.POOLER_RESOLUTION
+    aligned = cfg.MODEL.POOLER_ALIGNED if head.POOLER_ALIGNED is None else bool(head.POOLER_ALIGNED)
+    pooler = ROIPooler(output_size=res, scales=scales, sampling_ratio=head.POOLER_SAMPLING_RATIO, aligned=aligned)
+    return pooler, ShapeSpec(channels=channels, height=res, width=res)
 
 
 def _check_features(names: List[str], input_shape: Dict[str, ShapeSpec], key: str) -> None:

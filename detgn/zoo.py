@@ -1,5 +1,10 @@
 """Configs and models by zoo name: ``get_config("fpn_gn_long.yaml")``, ``get(..., trained=True)``.
 
+The façade over the model zoo (:mod:`detgn.model_zoo`: catalog, verified downloads),
+the configs (:mod:`detgn.config`) and model building (:mod:`detgn.engine.predictor`).
+It sits above all of them, so the zoo itself depends on none. ``detgn.model_zoo.get``
+and friends remain available as aliases of these functions.
+
 A config name is a file under ``configs/`` (``fpn_gn_long.yaml``, ``synthetic/demo``)
 or the zoo name of its trained weights (``detgn://fpn_gn_long/model_final``); the
 two are tied by the convention ``<config name without .yaml>/model_final``.
@@ -8,7 +13,9 @@ from __future__ import annotations
 
 from typing import List, Sequence
 
-from .catalog import MODEL_ZOO, ZOO_PREFIX, canonical_name, list_models
+from detgn.config import configs_root, load_config, resolve_config_path
+from detgn.engine.predictor import build_and_load_model
+from detgn.model_zoo.catalog import MODEL_ZOO, ZOO_PREFIX, canonical_name, list_models
 
 __all__ = ["get", "get_config", "trained_weights_name"]
 
@@ -34,8 +41,6 @@ def _weights_candidates(config_name: str) -> List[str]:
     The name as given, the file's path under ``configs/`` and its bare stem, so
     ``fpn_gn_long`` and ``gn_paper/fpn_gn_long`` find the same entry.
     """
-    from detgn.config import configs_root, resolve_config_path
-
     names = [config_name]
     try:
         path = resolve_config_path(config_name + ".yaml").resolve()
@@ -80,8 +85,6 @@ def get_config(name: str, trained: bool = False, opts: Sequence[str] = ()):
             ``MODEL.WEIGHTS`` (typically an ImageNet backbone).
         opts: extra ``KEY VALUE`` overrides, applied last.
     """
-    from detgn.config import load_config
-
     config_name = _config_name(name)
     overrides: List[str] = []
     if trained:
@@ -90,7 +93,8 @@ def get_config(name: str, trained: bool = False, opts: Sequence[str] = ()):
 
 
 def get(name: str, trained: bool = False, device: str = "cpu"):
-    """A model for a zoo config name: ``build_model(cfg)`` with ``MODEL.WEIGHTS`` loaded.
+    """A model for a zoo config name: built and with ``MODEL.WEIGHTS`` loaded
+    (:func:`detgn.engine.predictor.build_and_load_model`).
 
     Args:
         name: as for :func:`get_config`.
@@ -99,14 +103,9 @@ def get(name: str, trained: bool = False, device: str = "cpu"):
         device: ``"cpu"``, ``"cuda"``, ...; also written to ``MODEL.DEVICE``.
 
     Returns:
-        The ``nn.Module`` (in training mode, as built; call ``.eval()`` for inference).
+        The ``nn.Module`` (in training mode, as built; call ``.eval()`` for inference, or
+        use :class:`detgn.engine.Predictor` with :func:`get_config`).
     """
-    from detgn.checkpoint import load_weights
-    from detgn.modeling import build_model
-
     cfg = get_config(name, trained=trained, opts=["MODEL.DEVICE", device])
-    model = build_model(cfg)
-    model.to(device)
-    if cfg.MODEL.WEIGHTS:
-        load_weights(model, cfg.MODEL.WEIGHTS, allow_pickle=cfg.MODEL.WEIGHTS_ALLOW_PICKLE)
+    model, _ = build_and_load_model(cfg)
     return model
