@@ -69,6 +69,10 @@ _C.MODEL.RESNETS.RES2_OUT_CHANNELS = 256
 _C.MODEL.RESNETS.STRIDE_IN_1X1 = False
 # Dilation of res5 (1 or 2).
 _C.MODEL.RESNETS.RES5_DILATION = 1
+# Start each residual block's last norm with gamma = 0 (the block starts as the identity):
+# the GN paper's ImageNet pre-training recipe. Detection fine-tuning loads gamma from the
+# weights, and the paper's from-scratch detectors keep gamma = 1, hence False by default.
+_C.MODEL.RESNETS.ZERO_INIT_RESIDUAL = False
 
 # ---------------------------------------------------------------------------- #
 # FPN

@@ -230,3 +230,30 @@ def test_syncbn_and_frozen_bn_untouched():
     assert precise_bn(model, [torch.randn(2, 4, 3, 3)], num_iter=1, log_period=0) == 0
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("alpha,beta", [(0.0, 0.0), (0.3, 0.6), (1.0, 1.0), (0.7, 0.2)])
+def test_aux_loss_and_its_closed_form_gradients_match_autograd(alpha, beta):
+    """The online/offline loss (eq. 9) and its alpha/beta gradients against a direct autograd computation."""
+    from detgn.layers.batch_norm import _evalnorm_aux_loss, _normalize
+
+    x = _varied_batch(n=3, dtype=torch.float64)
+    g = torch.Generator().manual_seed(4)
+    mu_e, var_e = torch.randn(6, generator=g, dtype=torch.float64), 0.5 + torch.rand(6, generator=g, dtype=torch.float64)
+    eps = 1e-5
+
+    def reference(a, b):
+        mu_i, var_i = sample_moments(x)
+        var_b, mu_b = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+        target = (x - mu_b.view(1, -1, 1, 1)) / (var_b.view(1, -1, 1, 1) + eps).sqrt()
+        mu_hat, var_hat = evalnorm_moments(mu_i, var_i, mu_e, var_e, a, b)
+        return (target - _normalize(x, mu_hat, var_hat, eps)).abs().mean()
+
+    a1, b1 = torch.tensor(alpha, dtype=torch.float64, requires_grad=True), torch.tensor(beta, dtype=torch.float64, requires_grad=True)
+    a2, b2 = torch.tensor(alpha, dtype=torch.float64, requires_grad=True), torch.tensor(beta, dtype=torch.float64, requires_grad=True)
+    ref, got = reference(a1, b1), _evalnorm_aux_loss(x, mu_e, var_e, a2, b2, eps)
+    ref.backward()
+    got.backward()
+    torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(a2.grad, a1.grad, rtol=1e-7, atol=1e-12)
+    torch.testing.assert_close(b2.grad, b1.grad, rtol=1e-7, atol=1e-12)

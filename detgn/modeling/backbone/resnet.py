@@ -1,4 +1,4 @@
-"""ResNet-18/34/50/101/152 with a pluggable norm, as a backbone (C4: stem..res4).
+"""ResNet-10/18/34/50/101/152 with a pluggable norm, as a backbone (C4: stem..res4).
 
 Module names are part of the checkpoint format (weight converters rely on them):
 ``stem.conv1``, stages ``res2``..``res5`` (``nn.Sequential`` of blocks), block
@@ -158,6 +158,7 @@ def make_stage(
 
 # depth -> (block class, blocks in res2..res5)
 RESNET_SPECS: Dict[int, Tuple[Type[nn.Module], List[int]]] = {
+    10: (BasicBlock, [1, 1, 1, 1]),  # one block per stage: the CPU normalization study's trunk
     18: (BasicBlock, [2, 2, 2, 2]),
     34: (BasicBlock, [3, 4, 6, 3]),
     50: (BottleneckBlock, [3, 4, 6, 3]),
@@ -211,6 +212,21 @@ def stage_kwargs(
     return kwargs
 
 
+def zero_init_last_norm(module: nn.Module) -> int:
+    """Set gamma = 0 in the last norm of every residual block of ``module`` (``conv2`` of a basic
+    block, ``conv3`` of a bottleneck); returns the number of blocks changed. Norms without
+    a trainable scale (none, FrozenBN) are left alone."""
+    count = 0
+    for block in module.modules():
+        last = block.conv3 if isinstance(block, BottleneckBlock) else (
+            block.conv2 if isinstance(block, BasicBlock) else None)
+        weight = getattr(getattr(last, "norm", None), "weight", None)
+        if isinstance(weight, nn.Parameter):
+            nn.init.zeros_(weight)
+            count += 1
+    return count
+
+
 def freeze_module(module: nn.Module) -> nn.Module:
     """Stop training ``module``: no grads, and BN/SyncBN become FrozenBN (GN keeps its
     computation with fixed γ, β). Returns the module (a new one if it was a BN)."""
@@ -228,6 +244,8 @@ class ResNet(Backbone):
         out_features: among "stem", "res2".."res5"; stages past the last one
             requested are not built (C4 builds up to res4).
         freeze_at: 0 nothing frozen, 1 the stem, k >= 2 the stem and res2..resk.
+        zero_init_residual: start every block's last norm with gamma 0, so each residual
+            block is the identity at initialisation (the GN paper's ImageNet recipe).
         Other args: channel layout (see ``stage_kwargs``), dilation of res5.
 
     Shapes: (N, in_channels, H, W) -> {name: (N, C, H / stride, W / stride)} with
@@ -248,6 +266,7 @@ class ResNet(Backbone):
         stride_in_1x1: bool = False,
         res5_dilation: int = 1,
         freeze_at: int = 0,
+        zero_init_residual: bool = False,
     ):
         super().__init__()
         known = ("stem",) + STAGE_NAMES
@@ -277,6 +296,8 @@ class ResNet(Backbone):
             stride *= kwargs["first_stride"]
             self._out_feature_channels[name] = kwargs["out_channels"]
             self._out_feature_strides[name] = stride
+        if zero_init_residual:
+            zero_init_last_norm(self)
         self._out_features = [f for f in known if f in out_features]
         for name in list(self._out_feature_channels):
             if name not in self._out_features:
@@ -338,6 +359,7 @@ def _resnet_kwargs_from_cfg(cfg) -> dict:
         width_per_group=r.WIDTH_PER_GROUP,
         stride_in_1x1=r.STRIDE_IN_1X1,
         res5_dilation=r.RES5_DILATION,
+        zero_init_residual=r.ZERO_INIT_RESIDUAL,
     )
 
 
@@ -384,10 +406,14 @@ def build_res5_stage(cfg) -> Tuple[nn.Sequential, int]:
     Same depth, norm and layout as the backbone; stride 2 on its first block (the
     head runs on 14x14 RoI features) and frozen if ``FREEZE_AT`` is 5.
     """
-    kwargs = stage_kwargs(**{"stage": 5, **_resnet_kwargs_from_cfg(cfg)})
+    resnet = _resnet_kwargs_from_cfg(cfg)
+    zero_init = resnet.pop("zero_init_residual")
+    kwargs = stage_kwargs(**{"stage": 5, **resnet})
     kwargs["first_stride"] = 2
     kwargs["dilation"] = 1
     stage = make_stage(**kwargs)
+    if zero_init:
+        zero_init_last_norm(stage)
     if _freeze_at(cfg) >= 5:
         stage = freeze_module(stage)
     return stage, kwargs["out_channels"]
