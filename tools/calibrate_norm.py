@@ -65,10 +65,10 @@ def calibrate(args) -> str:
     default_setup(cfg)
     cfg.freeze()
     model = build_model(cfg)
-    load_weights(model, cfg.MODEL.WEIGHTS, allow_pickle=cfg.MODEL.WEIGHTS_ALLOW_PICKLE)
     if not any(True for _ in evalnorm_layers(model)):
-        raise UserError(f"{cfg.MODEL.WEIGHTS} with {args.config}: the model has no BN layer (norm 'BN'); FrozenBN, "
-                        "SyncBN and GN have nothing to calibrate")
+        raise UserError(f"{args.config}: the model has no BN layer (norm 'BN'); FrozenBN, SyncBN and GN have nothing "
+                        "to calibrate. Use the config (and overrides) the weights were trained with")
+    load_weights(model, cfg.MODEL.WEIGHTS, allow_pickle=cfg.MODEL.WEIGHTS_ALLOW_PICKLE)
     num_iter = args.num_iter or cfg.TEST.PRECISE_BN.NUM_ITER
 
     def data():

@@ -201,7 +201,7 @@ class EvalHook(HookBase):
             storage.put_scalar(k, v, smooth=False)
         if flat:
             storage.flush_requested = True
-            logger.info("Evaluation after %d iterations: %s", done, ", ".join(f"{k}={v:.3f}" for k, v in flat.items() if k.endswith("AP")))
+            logger.info("Evaluation after %d iterations: %s", done, ", ".join(f"{k}={v:.3f}" for k, v in flat.items() if k.endswith(("AP", "_err"))))
         self._last_eval_iter = done
         comm.synchronize()
 
