@@ -301,13 +301,14 @@ def make_test_loader(
     num_workers: int = 0,
     rank: Optional[int] = None,
     world_size: Optional[int] = None,
+    batch_size: int = 1,
 ) -> DataLoader:
-    """Batches of one mapped image, this rank's contiguous shard, in dataset order."""
+    """Batches of ``batch_size`` mapped images (1: detection), this rank's contiguous shard, in dataset order."""
     rank = comm.get_rank() if rank is None else rank
     world_size = comm.get_world_size() if world_size is None else world_size
     return DataLoader(
         _TestDataset(dataset_dicts, mapper),
-        batch_size=1,
+        batch_size=batch_size,
         sampler=InferenceSampler(len(dataset_dicts), rank=rank, world_size=world_size),
         num_workers=num_workers,
         collate_fn=trivial_batch_collator,

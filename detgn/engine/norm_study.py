@@ -93,12 +93,12 @@ PRESETS: Dict[str, StudyPreset] = {
     # The committed figure: ~40 minutes on a 2-core CPU (4 norms x 5 batch sizes x 3 seeds).
     "cpu": StudyPreset(
         config="classification/norm_study_cpu.yaml",
-        data={"num_train": 4000, "num_val": 1000, "seed": 0, "style": dict(_CPU_STYLE, size=64)},
-        about="ResNet-10 (16-128 channels), synthetic shapes 64 px, 4,000 train / 1,000 val images, 6 epochs, "
-              "LR 0.1 x batch / 32, 3 seeds, CPU",
+        data={"num_train": 3500, "num_val": 1000, "seed": 0, "style": dict(_CPU_STYLE, size=64)},
+        about="ResNet-10 (16-128 channels), synthetic shapes 64 px, 3,500 train / 1,000 val images, 4 epochs, "
+              "LR 0.02 x batch / 32, 3 seeds, CPU",
     ),
     # The same question at a scale closer to the paper's, for GPUs (one cell per GPU at a time):
-    # a full-width ResNet-18 at 96 px, 10x the images, 30 epochs, 5 seeds.
+    # a full-width ResNet-18 at 96 px, ~10x the images, 30 epochs, 5 seeds.
     "gpu": StudyPreset(
         config="classification/norm_study_cpu.yaml",
         seeds=(0, 1, 2, 3, 4),
@@ -108,9 +108,11 @@ PRESETS: Dict[str, StudyPreset] = {
                    "MODEL.GROUP_NORM.DIM_PER_GP", "-1", "INPUT.CLASSIFY.TRAIN_CROP", "96",
                    "INPUT.CLASSIFY.TEST_RESIZE", "96", "INPUT.CLASSIFY.TEST_CROP", "96",
                    "SOLVER.MAX_ITER", "37500", "SOLVER.STEPS", "(26250, 33750)", "SOLVER.WARMUP_ITERS", "1875",
+                   "SOLVER.BASE_LR", "0.1", "MODEL.RESNETS.ZERO_INIT_RESIDUAL", "True",
                    "DATALOADER.NUM_WORKERS", "4", "CPU.NUM_THREADS", "0"),
         jobs=1, threads=0, precise_bn_images=10000,
-        about="ResNet-18 (64-512 channels), synthetic shapes 96 px, 40,000 train / 5,000 val, 30 epochs, 5 seeds, "
+        about="ResNet-18 (64-512 channels), synthetic shapes 96 px, 40,000 train / 5,000 val, 30 epochs, "
+              "the paper's LR 0.1 x batch / 32 and gamma-0 block ends, 5 seeds, "
               "GPU (set --jobs to the number of GPUs: each cell gets one through CUDA_VISIBLE_DEVICES)",
     ),
     # For tests: two norms, two batch sizes, one seed, a few dozen images, one epoch.

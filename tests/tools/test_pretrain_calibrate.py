@@ -81,9 +81,10 @@ def test_trunk_loads_into_a_detection_config(bn_run, arch):
     report = load_weights(model, str(out / "trunk_final.pth"))
     assert report.format == "detgn pre-trained trunk" and not report.unused
     state = model.state_dict()
-    home = "backbone.bottom_up." if arch == "FPN" else "roi_heads."
-    torch.testing.assert_close(state[home + "res5.0.conv1.weight"], trunk["res5.0.conv1.weight"], rtol=0, atol=0)
-    torch.testing.assert_close(state["backbone.bottom_up.stem.conv1.norm.running_var"],
+    # FPN: the whole trunk under backbone.bottom_up; C4: stem..res4 in the backbone, res5 in the RoI head.
+    home, res5 = ("backbone.bottom_up.", "backbone.bottom_up.") if arch == "FPN" else ("backbone.", "roi_heads.")
+    torch.testing.assert_close(state[res5 + "res5.0.conv1.weight"], trunk["res5.0.conv1.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(state[home + "stem.conv1.norm.running_var"],
                                trunk["stem.conv1.norm.running_var"], rtol=0, atol=0)
     # The classifier checkpoint itself loads the same way (its fc is ignored).
     report = load_weights(build_model(load_config(name, opts)), str(out / "model_final.pth"))
@@ -138,4 +139,4 @@ def test_precise_bn_leaves_training_unchanged(cls_root, tmp_path):
         assert rc == 0, text[-3000:]
         records = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines() if line.strip()]
         losses[on] = [r["loss_cls"] for r in records if "loss_cls" in r]
-    assert len(losses[True]) == 6 and losses[True] == losses[False]
+    assert len(losses[True]) >= 6 and losses[True] == losses[False]
