@@ -50,7 +50,12 @@ def parse_args(argv=None):
     p.add_argument("--report-only", action="store_true", help="only redraw the report from finished cells")
     p.add_argument("--copy-to", help="also copy the report files (not the runs) into this folder, e.g. docs/norm_study")
     p.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell in this process
-    return p.parse_args(argv)
+    p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                   help="KEY VALUE config overrides added to every cell, after the options (or after -- when the last "
+                        "option takes a list), e.g. --batches 32 -- SOLVER.BASE_LR 0.05; use a new --out")
+    args = p.parse_args(argv)
+    args.opts = [o for o in args.opts if o != "--"]
+    return args
 
 
 def preset_of(args) -> S.StudyPreset:
@@ -58,6 +63,10 @@ def preset_of(args) -> S.StudyPreset:
     changes = {k: tuple(v) for k, v in (("seeds", args.seeds), ("norms", args.norms), ("batches", args.batches)) if v}
     if args.jobs:
         changes["jobs"] = args.jobs
+    if args.opts:
+        if len(args.opts) % 2:
+            raise SystemExit(f"Overrides come in KEY VALUE pairs, got {args.opts}")
+        changes["overrides"] = tuple(preset.overrides) + tuple(args.opts)
     return dataclasses.replace(preset, **changes)
 
 
@@ -131,7 +140,8 @@ def run_all(args, preset: S.StudyPreset) -> None:
         t0 = time.time()
         with open(log, "w") as f:
             rc = subprocess.call([sys.executable, os.path.abspath(__file__), "--preset", args.preset, "--out", args.out,
-                                  "--data", args.data, "--cell", cell.name], stdout=f, stderr=subprocess.STDOUT, env=env)
+                                  "--data", args.data, "--cell", cell.name, *args.opts],
+                                 stdout=f, stderr=subprocess.STDOUT, env=env)
         slots.append(slot)
         done += 1
         eta = (time.time() - start) / done * (len(todo) - done)

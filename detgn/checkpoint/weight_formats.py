@@ -72,6 +72,21 @@ def _pixel_note(model: nn.Module, what: str) -> List[str]:
             f"{list(_TV_STD)}; set INPUT.FORMAT RGB, MODEL.PIXEL_MEAN and MODEL.PIXEL_STD to match"]
 
 
+def _torchvision_convention_note(model: nn.Module) -> List[str]:
+    """torchvision Mask R-CNN weights reproduce torchvision's detections only under its conventions."""
+    anchors = getattr(getattr(model, "proposal_generator", None), "anchor_generator", None)
+    differ = []
+    if anchors is not None and not getattr(anchors, "round_to_pixels", False):
+        differ.append("unrounded anchors")
+    if getattr(model, "mask_paste", "torchvision") != "torchvision":
+        differ.append(f"the {model.mask_paste} mask paste")
+    if not differ:
+        return []
+    return [f"these are torchvision Mask R-CNN weights but the model uses {' and '.join(differ)}: set "
+            "MODEL.CONVENTION torchvision to get torchvision's detections (it also sets its pixel statistics, "
+            "RoIAlign and losses; see detgn/config/conventions.py)"]
+
+
 def _load_pth(path: str, *, model: nn.Module, allow_pickle: bool) -> ConvertedWeights:
     """A detgn checkpoint (state under ``"model"``), a bare state dict saved with torch.save,
     or a torchvision Mask R-CNN / ImageNet ResNet state dict (recognised by its keys)."""
@@ -100,7 +115,7 @@ def _load_pth(path: str, *, model: nn.Module, allow_pickle: bool) -> ConvertedWe
     if is_torchvision_maskrcnn(state) and not any(k.startswith("backbone.body.") for k in own):
         converted, unused = convert_torchvision_maskrcnn(state)
         return ConvertedWeights(converted, format="torchvision Mask R-CNN", unused=unused,
-                                notes=_pixel_note(model, "torchvision"))
+                                notes=_pixel_note(model, "torchvision") + _torchvision_convention_note(model))
     if is_torchvision_resnet(state) and "conv1.weight" not in own:
         converted, unused = convert_torchvision_resnet(state)
         placed, unmatched = _align(path, converted, own)

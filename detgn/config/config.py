@@ -205,6 +205,43 @@ def _first_source(d: Dict[str, Any]) -> str:
     return "?"
 
 
+def _flat_sources(d: Dict[str, Any], prefix: str = "") -> Dict[str, Path]:
+    """Full key name -> the file that set it, for a dict from :func:`load_yaml_with_base`."""
+    out: Dict[str, Path] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat_sources(v, f"{prefix}{k}."))
+        elif isinstance(v, _Sourced):
+            out[f"{prefix}{k}"] = Path(v.source)
+    return out
+
+
+def _ancestors(path: Path) -> List[Path]:
+    """Every file in ``path``'s ``_BASE_`` chain (not ``path`` itself)."""
+    try:
+        with open(path, "r") as f:
+            bases = (yaml.safe_load(f) or {}).get(BASE_KEY) or []
+    except (OSError, yaml.YAMLError, AttributeError):
+        return []
+    out = []
+    for b in [bases] if isinstance(bases, str) else bases:
+        candidate = path.parent / b
+        base = (candidate if candidate.is_file() else resolve_config_path(b)).resolve()
+        out += [base] + _ancestors(base)
+    return out
+
+
+def _keys_after_convention(sources: Dict[str, Path], opts_keys: List[str]) -> List[str]:
+    """Keys set at or after the point where MODEL.CONVENTION is set: on the command line,
+    in the same file, or in a file that inherits from that file. They keep their values;
+    keys from that file's bases take the convention's (it acts as a block of keys there)."""
+    if "MODEL.CONVENTION" in opts_keys or "MODEL.CONVENTION" not in sources:
+        return list(opts_keys)
+    conv_file = sources["MODEL.CONVENTION"]
+    after = [k for k, src in sources.items() if src == conv_file or conv_file in _ancestors(src)]
+    return after + list(opts_keys)
+
+
 def merge_from_file(cfg: CN, path) -> CN:
     """Merge a YAML file (with its ``_BASE_`` chain) into ``cfg`` with strict checks."""
     data = load_yaml_with_base(Path(path))
@@ -275,10 +312,16 @@ def validate_config(cfg: CN) -> None:
 
 def load_config(name: Optional[str] = None, opts: Sequence[str] = (), freeze: bool = True) -> CN:
     """Defaults, then the config file (resolved by name), then ``KEY VALUE`` overrides."""
+    from .conventions import apply_convention
+
     cfg = get_cfg()
+    sources: Dict[str, Path] = {}
     if name:
-        merge_from_file(cfg, resolve_config_path(name))
+        data = load_yaml_with_base(resolve_config_path(name))
+        sources = _flat_sources(data)
+        _merge_into(cfg, data, cfg)
     merge_from_list(cfg, list(opts))
+    apply_convention(cfg, _keys_after_convention(sources, [str(k) for k in list(opts)[0::2]]))
     validate_config(cfg)
     if freeze:
         cfg.freeze()

@@ -18,6 +18,15 @@ _C.VERSION = 1
 _C.MODEL = CN()
 # The meta-architecture; "GeneralizedRCNN" is Mask R-CNN / Faster R-CNN.
 _C.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+# Whose conventions the keys that differ between implementations follow:
+# "" (each key as set; the defaults are detectron2's), "detectron2", "detectron" (Detectron,
+# the GN paper's code: smooth-L1 betas 1/9 and 1, unaligned RoIAlign, border anchors
+# dropped, 2x LR and no decay for biases, its mask paste, MSRA-filled mask predictor,
+# Xavier-filled ResNet convs) or "torchvision" (its Mask R-CNN: RGB torchvision pixel
+# statistics, rounded anchors, unaligned RoIAlign, smooth-L1 1/9, its mask paste).
+# A key that the config file (or a _BASE_ of it) or an override sets keeps that value;
+# the keys each name sets are in detgn/config/conventions.py (CONVENTIONS).
+_C.MODEL.CONVENTION = ""
 # Predict masks (Mask R-CNN) in addition to boxes.
 _C.MODEL.MASK_ON = True
 # "cpu", "cuda" or "cuda:N". Under torchrun each process uses its LOCAL_RANK GPU.
@@ -73,6 +82,10 @@ _C.MODEL.RESNETS.RES5_DILATION = 1
 # the GN paper's ImageNet pre-training recipe. Detection fine-tuning loads gamma from the
 # weights, and the paper's from-scratch detectors keep gamma = 1, hence False by default.
 _C.MODEL.RESNETS.ZERO_INIT_RESIDUAL = False
+# Init of the ResNet convs: "msra" (Caffe2 MSRAFill: kaiming normal, fan-out; detectron2) or
+# "xavier" (Caffe2 XavierFill: uniform +-sqrt(3/fan_in); Detectron's GN ResNets). Only a
+# from-scratch model keeps it: pre-trained weights replace it.
+_C.MODEL.RESNETS.CONV_INIT = "msra"
 
 # ---------------------------------------------------------------------------- #
 # FPN
@@ -141,6 +154,9 @@ _C.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]
 _C.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
 # Offset of the first anchor centre, as a fraction of the stride.
 _C.MODEL.ANCHOR_GENERATOR.OFFSET = 0.0
+# Round the cell anchors to whole pixels (torchvision's AnchorGenerator does): P2's
+# ratio-0.5 anchor becomes [-23, -11, 23, 11] instead of [-22.63, -11.31, 22.63, 11.31].
+_C.MODEL.ANCHOR_GENERATOR.ROUND_CELL_ANCHORS = False
 
 # ---------------------------------------------------------------------------- #
 # RPN
@@ -234,6 +250,14 @@ _C.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = 2
 _C.MODEL.ROI_MASK_HEAD.POOLER_ALIGNED = None
 # One mask per RoI instead of one per class.
 _C.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK = False
+# Init of mask_fcn_logits: "gaussian" (N(0, 0.001), detectron2) or "msra" (MSRAFill, as
+# Detectron's Mask R-CNN configs set with MRCNN.CONV_INIT, and torchvision).
+_C.MODEL.ROI_MASK_HEAD.PREDICTOR_INIT = "gaussian"
+# How the M x M masks are pasted into the image at test time: "grid_sample" (detectron2:
+# bilinear at pixel centres inside the box), "detectron" or "torchvision" (the mask padded
+# to M + 2, its box scaled by (M + 2) / M and cut to whole pixels, then resized; ~1 px
+# larger masks). Use the peer's paste to compare mask AP with the peer's numbers.
+_C.MODEL.ROI_MASK_HEAD.PASTE_METHOD = "grid_sample"
 
 # ---------------------------------------------------------------------------- #
 # Input

@@ -87,14 +87,15 @@ class StudyPreset:
     about: str = ""
 
 
-_CPU_STYLE = {"background": [0.0, 0.5, 0.5], "object_scale": [0.6, 0.85], "max_rotation": 15.0}
+_CPU_STYLE = {"background": [0.0, 0.5, 0.5], "object_scale": [0.6, 0.85], "max_rotation": 15.0,
+              "contrast": [0.6, 1.6], "brightness": 40.0}
 
 PRESETS: Dict[str, StudyPreset] = {
     # The committed figure: ~40 minutes on a 2-core CPU (4 norms x 5 batch sizes x 3 seeds).
     "cpu": StudyPreset(
         config="classification/norm_study_cpu.yaml",
         data={"num_train": 3500, "num_val": 1000, "seed": 0, "style": dict(_CPU_STYLE, size=64)},
-        about="ResNet-10 (16-128 channels), synthetic shapes 64 px, 3,500 train / 1,000 val images, 4 epochs, "
+        about="ResNet-10 (16-128 channels), synthetic shapes 64 px, 3,500 train / 1,000 val images, 6 epochs, "
               "LR 0.02 x batch / 32, 3 seeds, CPU",
     ),
     # The same question at a scale closer to the paper's, for GPUs (one cell per GPU at a time):

@@ -18,7 +18,8 @@ from detgn.structures import Boxes, ImageList, Instances
 
 
 def detector_postprocess(
-    results: Instances, output_height: int, output_width: int, mask_threshold: float = 0.5
+    results: Instances, output_height: int, output_width: int, mask_threshold: float = 0.5,
+    mask_paste: str = "grid_sample",
 ) -> Instances:
     """Rescale detections from the network's input size to the original image size.
 
@@ -29,6 +30,7 @@ def detector_postprocess(
         results: detections at ``results.image_size`` (the resized image).
         output_height, output_width: the original image size.
         mask_threshold: probability at which a mask pixel is on.
+        mask_paste: "grid_sample", "detectron" or "torchvision" (see :mod:`detgn.layers.mask_ops`).
     Returns:
         Instances of image size (output_height, output_width).
     """
@@ -42,7 +44,7 @@ def detector_postprocess(
     out = out[boxes.nonempty()]
     if out.has("pred_masks"):
         out.pred_masks = paste_masks_in_image(
-            out.pred_masks, out.pred_boxes, out.image_size, threshold=mask_threshold
+            out.pred_masks, out.pred_boxes, out.image_size, threshold=mask_threshold, method=mask_paste
         )
     return out
 
@@ -57,6 +59,8 @@ class GeneralizedRCNN(nn.Module):
         pixel_mean, pixel_std: per-channel statistics in ``input_format`` order.
         input_format: "BGR" or "RGB", the channel order of ``image``.
         mask_on: whether ``roi_heads`` predicts masks (checked against it).
+        mask_paste: how masks are pasted into the image ("grid_sample", "detectron",
+            "torchvision"; MODEL.ROI_MASK_HEAD.PASTE_METHOD).
     """
 
     def __init__(
@@ -69,8 +73,14 @@ class GeneralizedRCNN(nn.Module):
         pixel_std: Sequence[float],
         input_format: str = "BGR",
         mask_on: bool = True,
+        mask_paste: str = "grid_sample",
     ):
         super().__init__()
+        from detgn.layers.mask_ops import PASTE_METHODS
+
+        if mask_paste not in PASTE_METHODS:
+            raise ValueError(f"MODEL.ROI_MASK_HEAD.PASTE_METHOD must be one of {PASTE_METHODS}, got {mask_paste!r}")
+        self.mask_paste = mask_paste
         if input_format not in ("BGR", "RGB"):
             raise ValueError(f"input_format (INPUT.FORMAT) must be 'BGR' or 'RGB', got {input_format!r}")
         if len(pixel_mean) != len(pixel_std):
@@ -164,7 +174,7 @@ class GeneralizedRCNN(nn.Module):
         for res, x, size in zip(results, batched_inputs, images.image_sizes):
             height = int(x.get("height", size[0]))
             width = int(x.get("width", size[1]))
-            processed.append({"instances": detector_postprocess(res, height, width)})
+            processed.append({"instances": detector_postprocess(res, height, width, mask_paste=self.mask_paste)})
         return processed
 
     @classmethod
@@ -186,4 +196,5 @@ class GeneralizedRCNN(nn.Module):
             pixel_std=cfg.MODEL.PIXEL_STD,
             input_format=cfg.INPUT.FORMAT,
             mask_on=cfg.MODEL.MASK_ON,
+            mask_paste=cfg.MODEL.ROI_MASK_HEAD.PASTE_METHOD,
         )

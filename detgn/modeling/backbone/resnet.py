@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detgn.config import ConfigError
-from detgn.layers import Conv2d, FrozenBatchNorm2d, Norm, ShapeSpec, c2_msra_fill, norm_from_cfg
+from detgn.layers import Conv2d, FrozenBatchNorm2d, Norm, ShapeSpec, c2_msra_fill, c2_xavier_fill, norm_from_cfg
 
 from .backbone import Backbone
 
@@ -212,6 +212,23 @@ def stage_kwargs(
     return kwargs
 
 
+CONV_INITS = ("msra", "xavier")
+
+
+def init_convs(module: nn.Module, method: str) -> int:
+    """Re-initialise every conv of ``module`` ("msra": Caffe2's MSRAFill, kaiming-normal
+    fan-out, the default of the blocks; "xavier": Caffe2's XavierFill, uniform in
+    +-sqrt(3 / fan_in), what Detectron's ResNet convs get with GN (``ConvGN`` passes no
+    weight_init, so Caffe2's conv default applies)). Returns the number of convs."""
+    if method not in CONV_INITS:
+        raise ValueError(f"MODEL.RESNETS.CONV_INIT must be one of {CONV_INITS}, got {method!r}")
+    fill = c2_msra_fill if method == "msra" else c2_xavier_fill
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    for conv in convs:
+        fill(conv)
+    return len(convs)
+
+
 def zero_init_last_norm(module: nn.Module) -> int:
     """Set gamma = 0 in the last norm of every residual block of ``module`` (``conv2`` of a basic
     block, ``conv3`` of a bottleneck); returns the number of blocks changed. Norms without
@@ -246,6 +263,7 @@ class ResNet(Backbone):
         freeze_at: 0 nothing frozen, 1 the stem, k >= 2 the stem and res2..resk.
         zero_init_residual: start every block's last norm with gamma 0, so each residual
             block is the identity at initialisation (the GN paper's ImageNet recipe).
+        conv_init: "msra" or "xavier" (see :func:`init_convs`).
         Other args: channel layout (see ``stage_kwargs``), dilation of res5.
 
     Shapes: (N, in_channels, H, W) -> {name: (N, C, H / stride, W / stride)} with
@@ -267,6 +285,7 @@ class ResNet(Backbone):
         res5_dilation: int = 1,
         freeze_at: int = 0,
         zero_init_residual: bool = False,
+        conv_init: str = "msra",
     ):
         super().__init__()
         known = ("stem",) + STAGE_NAMES
@@ -296,6 +315,8 @@ class ResNet(Backbone):
             stride *= kwargs["first_stride"]
             self._out_feature_channels[name] = kwargs["out_channels"]
             self._out_feature_strides[name] = stride
+        if conv_init != "msra":
+            init_convs(self, conv_init)
         if zero_init_residual:
             zero_init_last_norm(self)
         self._out_features = [f for f in known if f in out_features]
@@ -360,6 +381,7 @@ def _resnet_kwargs_from_cfg(cfg) -> dict:
         stride_in_1x1=r.STRIDE_IN_1X1,
         res5_dilation=r.RES5_DILATION,
         zero_init_residual=r.ZERO_INIT_RESIDUAL,
+        conv_init=r.CONV_INIT,
     )
 
 
@@ -408,10 +430,13 @@ def build_res5_stage(cfg) -> Tuple[nn.Sequential, int]:
     """
     resnet = _resnet_kwargs_from_cfg(cfg)
     zero_init = resnet.pop("zero_init_residual")
+    conv_init = resnet.pop("conv_init")
     kwargs = stage_kwargs(**{"stage": 5, **resnet})
     kwargs["first_stride"] = 2
     kwargs["dilation"] = 1
     stage = make_stage(**kwargs)
+    if conv_init != "msra":
+        init_convs(stage, conv_init)
     if zero_init:
         zero_init_last_norm(stage)
     if _freeze_at(cfg) >= 5:

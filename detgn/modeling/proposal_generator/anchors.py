@@ -37,15 +37,21 @@ def _broadcast_per_level(values: Sequence, num_levels: int, key: str) -> List[Li
     return values
 
 
-def generate_cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> torch.Tensor:
-    """(len(ratios) * len(sizes), 4) anchors centred at (0, 0), ratio-major."""
+def generate_cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float], round_to_pixels: bool = False) -> torch.Tensor:
+    """(len(ratios) * len(sizes), 4) anchors centred at (0, 0), ratio-major.
+
+    ``round_to_pixels`` rounds each coordinate to the nearest integer (half to even), as
+    torchvision's ``AnchorGenerator`` does (``base_anchors.round()``): P2's ratio-0.5 anchor
+    is then [-23, -11, 23, 11] instead of [-22.63, -11.31, 22.63, 11.31].
+    """
     anchors = []
     for ratio in aspect_ratios:
         for size in sizes:
             w = size / math.sqrt(ratio)
             h = size * math.sqrt(ratio)
             anchors.append([-w / 2.0, -h / 2.0, w / 2.0, h / 2.0])
-    return torch.tensor(anchors, dtype=torch.float32)
+    out = torch.tensor(anchors, dtype=torch.float32)
+    return out.round() if round_to_pixels else out
 
 
 class DefaultAnchorGenerator(nn.Module):
@@ -56,6 +62,7 @@ class DefaultAnchorGenerator(nn.Module):
         aspect_ratios: one list of height/width ratios per feature map.
         strides: input pixels per feature pixel, one per feature map.
         offset: centre of the first anchor, as a fraction of the stride (0 or 0.5).
+        round_to_pixels: round the cell anchors to integers (torchvision's convention).
     """
 
     def __init__(
@@ -65,6 +72,7 @@ class DefaultAnchorGenerator(nn.Module):
         aspect_ratios: Sequence[Sequence[float]],
         strides: Sequence[int],
         offset: float = 0.0,
+        round_to_pixels: bool = False,
     ):
         super().__init__()
         n = len(strides)
@@ -74,11 +82,13 @@ class DefaultAnchorGenerator(nn.Module):
             raise ValueError(f"MODEL.ANCHOR_GENERATOR.OFFSET must be in [0, 1), got {offset}")
         self.strides = [int(s) for s in strides]
         self.offset = float(offset)
+        self.round_to_pixels = bool(round_to_pixels)
         self.sizes = sizes
         self.aspect_ratios = aspect_ratios
         for i, (s, r) in enumerate(zip(sizes, aspect_ratios)):
             # Buffers move with .to(device) but are not saved: they follow from the config.
-            self.register_buffer(f"cell_anchors_{i}", generate_cell_anchors(s, r), persistent=False)
+            self.register_buffer(f"cell_anchors_{i}", generate_cell_anchors(s, r, round_to_pixels),
+                                 persistent=False)
 
     @property
     def cell_anchors(self) -> List[torch.Tensor]:
@@ -121,4 +131,5 @@ def build_anchor_generator(cfg, input_shape: List[ShapeSpec]) -> DefaultAnchorGe
         aspect_ratios=cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS,
         strides=[s.stride for s in input_shape],
         offset=cfg.MODEL.ANCHOR_GENERATOR.OFFSET,
+        round_to_pixels=cfg.MODEL.ANCHOR_GENERATOR.ROUND_CELL_ANCHORS,
     )

@@ -107,6 +107,9 @@ class MaskRCNNConvUpsampleHead(nn.Module):
             length is NUM_CONV + 1 (C4: just the deconv, e.g. [256]).
         conv_norm: norm of the 3x3 convs ("" keeps a conv bias and no norm).
         cls_agnostic_mask: predict one mask per RoI.
+        predictor_init: init of ``mask_fcn_logits``: "gaussian" (N(0, 0.001), detectron2's
+            choice) or "msra" (MSRAFill / kaiming-normal fan-out, what Detectron's GN and
+            Mask R-CNN configs (MRCNN.CONV_INIT: MSRAFill) and torchvision use).
     """
 
     def __init__(
@@ -117,8 +120,11 @@ class MaskRCNNConvUpsampleHead(nn.Module):
         conv_dims: Sequence[int],
         conv_norm: Union[str, Norm, None] = "",
         cls_agnostic_mask: bool = False,
+        predictor_init: str = "gaussian",
     ):
         super().__init__()
+        if predictor_init not in ("gaussian", "msra"):
+            raise ValueError(f"MODEL.ROI_MASK_HEAD.PREDICTOR_INIT must be 'gaussian' or 'msra', got {predictor_init!r}")
         if len(conv_dims) < 1:
             raise ValueError("conv_dims needs at least the deconv's channels")
         self.conv_norm = conv_norm
@@ -128,9 +134,11 @@ class MaskRCNNConvUpsampleHead(nn.Module):
         self.conv5_mask = nn.ConvTranspose2d(channels, conv_dims[-1], kernel_size=2, stride=2)
         c2_msra_fill(self.conv5_mask)
         self.mask_fcn_logits = nn.Conv2d(conv_dims[-1], 1 if cls_agnostic_mask else num_classes, kernel_size=1)
-        # A small init keeps the initial masks near 0.5 everywhere (Detectron's choice).
-        nn.init.normal_(self.mask_fcn_logits.weight, std=0.001)
-        nn.init.constant_(self.mask_fcn_logits.bias, 0.0)
+        if predictor_init == "gaussian":  # initial masks near 0.5 everywhere (detectron2)
+            nn.init.normal_(self.mask_fcn_logits.weight, std=0.001)
+            nn.init.constant_(self.mask_fcn_logits.bias, 0.0)
+        else:
+            c2_msra_fill(self.mask_fcn_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(R, C, P, P) RoI features -> (R, K, 2P, 2P) mask logits."""
@@ -154,4 +162,5 @@ def build_mask_head(cfg, input_shape: ShapeSpec, *, num_conv: Optional[int] = No
         conv_dims=[head.CONV_DIM] * (num_conv + 1),
         conv_norm=norm_from_cfg(cfg, head.NORM),
         cls_agnostic_mask=head.CLS_AGNOSTIC_MASK,
+        predictor_init=head.PREDICTOR_INIT,
     )
