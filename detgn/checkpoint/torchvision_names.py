@@ -15,7 +15,7 @@ elsewhere. Both old (``mask_fcn1``, ``inner_blocks.0``) and current
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -55,11 +55,33 @@ def convert_torchvision_resnet(state_dict: Dict[str, torch.Tensor]) -> Tuple[Dic
     return out, unused
 
 
-def convert_torchvision_maskrcnn(state_dict: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+# COCO's 80 category ids (1..90 with gaps), in the contiguous order of detgn's 80 classes.
+COCO_CATEGORY_IDS = (
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32, 33, 34,
+    35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63,
+    64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90,
+)
+
+
+def _coco80_rows(v: torch.Tensor, per_class: int, background_last: bool) -> torch.Tensor:
+    """Rows of torchvision's 90 COCO-id classes (index = category id - 1) -> detgn's 80."""
+    rows = [r for cid in COCO_CATEGORY_IDS for r in range((cid - 1) * per_class, cid * per_class)]
+    if background_last:
+        rows += list(range(90 * per_class, 91 * per_class))
+    return v[rows]
+
+
+def convert_torchvision_maskrcnn(state_dict: Dict[str, torch.Tensor],
+                                 num_classes: Optional[int] = None) -> Tuple[Dict[str, torch.Tensor], List[str]]:
     """torchvision Mask R-CNN R50-FPN state dict -> detgn full names.
+
+    torchvision's COCO models predict 91 classes (background and COCO category ids 1..90,
+    10 of them unused); with ``num_classes`` 80 their rows are mapped onto detgn's 80
+    contiguous COCO classes (:data:`COCO_CATEGORY_IDS`).
 
     Returns (converted tensors, source keys that have no detgn counterpart).
     """
+    coco80 = num_classes == 80 and state_dict.get("roi_heads.box_predictor.cls_score.bias", torch.zeros(0)).numel() == 91
     out: Dict[str, torch.Tensor] = {}
     unused: List[str] = []
     for k, v in state_dict.items():
@@ -82,8 +104,10 @@ def convert_torchvision_maskrcnn(state_dict: Dict[str, torch.Tensor]) -> Tuple[D
             new = k
         elif m := re.fullmatch(r"roi_heads\.box_predictor\.cls_score\.(weight|bias)", k):
             new, v = k, torch.cat([v[1:], v[:1]], dim=0)  # background first -> last
+            v = _coco80_rows(v, 1, True) if coco80 else v
         elif m := re.fullmatch(r"roi_heads\.box_predictor\.bbox_pred\.(weight|bias)", k):
             new, v = k, v[4:]  # no regression rows for the background
+            v = _coco80_rows(v, 4, False) if coco80 else v
         elif m := re.fullmatch(r"roi_heads\.mask_head\.mask_fcn(\d)\.(weight|bias)", k):
             new = k
         elif m := re.fullmatch(r"roi_heads\.mask_head\.(\d)\.0\.(weight|bias)", k):
@@ -92,6 +116,7 @@ def convert_torchvision_maskrcnn(state_dict: Dict[str, torch.Tensor]) -> Tuple[D
             new = f"roi_heads.mask_head.conv5_mask.{m.group(1)}"
         elif m := re.fullmatch(r"roi_heads\.mask_predictor\.mask_fcn_logits\.(weight|bias)", k):
             new, v = f"roi_heads.mask_head.mask_fcn_logits.{m.group(1)}", v[1:]
+            v = _coco80_rows(v, 1, False) if coco80 else v
         if new is None:
             unused.append(k)
         else:

@@ -113,9 +113,14 @@ def _load_pth(path: str, *, model: nn.Module, allow_pickle: bool) -> ConvertedWe
                                  ignored=[k for k in state if not k.startswith(_TRUNK_PREFIX)])
     # A torchvision layout is converted unless the model itself uses those names.
     if is_torchvision_maskrcnn(state) and not any(k.startswith("backbone.body.") for k in own):
-        converted, unused = convert_torchvision_maskrcnn(state)
-        return ConvertedWeights(converted, format="torchvision Mask R-CNN", unused=unused,
-                                notes=_pixel_note(model, "torchvision") + _torchvision_convention_note(model))
+        cls_score = own.get("roi_heads.box_predictor.cls_score.bias")
+        num_classes = None if cls_score is None else cls_score.numel() - 1
+        converted, unused = convert_torchvision_maskrcnn(state, num_classes=num_classes)
+        notes = _pixel_note(model, "torchvision") + _torchvision_convention_note(model)
+        if num_classes == 80 and state.get("roi_heads.box_predictor.cls_score.bias", torch.zeros(0)).numel() == 91:
+            notes.append("torchvision's 91 outputs (background + COCO category ids 1..90) mapped onto the 80 "
+                         "contiguous COCO classes")
+        return ConvertedWeights(converted, format="torchvision Mask R-CNN", unused=unused, notes=notes)
     if is_torchvision_resnet(state) and "conv1.weight" not in own:
         converted, unused = convert_torchvision_resnet(state)
         placed, unmatched = _align(path, converted, own)

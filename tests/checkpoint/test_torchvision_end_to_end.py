@@ -112,3 +112,33 @@ def test_other_conventions_differ_and_the_note_says_which_key(outputs, tmp_path)
         "MODEL.WEIGHTS", "", "MODEL.ROI_HEADS.NUM_CLASSES", str(NUM_FG), "VERBOSE_STARTUP", "False"])
     report = load_weights(build_model(cfg).eval(), str(path))
     assert any("MODEL.CONVENTION torchvision" in n for n in report.notes), report.notes
+
+
+def test_torchvision_coco_91_outputs_map_to_80_classes():
+    """torchvision's COCO models predict background + category ids 1..90; an 80-class detgn
+    model gets the rows of COCO's 80 ids, in order, with the background last."""
+    from detgn.checkpoint.torchvision_names import COCO_CATEGORY_IDS, convert_torchvision_maskrcnn
+
+    g = torch.Generator().manual_seed(0)
+    state = {
+        "backbone.body.conv1.weight": torch.randn(64, 3, 7, 7, generator=g),
+        "rpn.head.cls_logits.weight": torch.randn(3, 256, 1, 1, generator=g),
+        "roi_heads.box_predictor.cls_score.weight": torch.randn(91, 1024, generator=g),
+        "roi_heads.box_predictor.cls_score.bias": torch.randn(91, generator=g),
+        "roi_heads.box_predictor.bbox_pred.weight": torch.randn(91 * 4, 1024, generator=g),
+        "roi_heads.mask_predictor.mask_fcn_logits.weight": torch.randn(91, 256, 1, 1, generator=g),
+    }
+    out, _ = convert_torchvision_maskrcnn(state, num_classes=80)
+    assert len(COCO_CATEGORY_IDS) == 80 and len(set(COCO_CATEGORY_IDS)) == 80
+    cls = out["roi_heads.box_predictor.cls_score.weight"]
+    assert cls.shape == (81, 1024)
+    for i, cid in enumerate(COCO_CATEGORY_IDS):
+        assert torch.equal(cls[i], state["roi_heads.box_predictor.cls_score.weight"][cid])
+        assert torch.equal(out["roi_heads.box_predictor.bbox_pred.weight"][4 * i:4 * i + 4],
+                           state["roi_heads.box_predictor.bbox_pred.weight"][4 * cid:4 * cid + 4])
+        assert torch.equal(out["roi_heads.mask_head.mask_fcn_logits.weight"][i],
+                           state["roi_heads.mask_predictor.mask_fcn_logits.weight"][cid])
+    assert torch.equal(cls[80], state["roi_heads.box_predictor.cls_score.weight"][0])  # background last
+    # Any other class count keeps torchvision's layout (background moved last).
+    out, _ = convert_torchvision_maskrcnn(state)
+    assert out["roi_heads.box_predictor.cls_score.weight"].shape == (91, 1024)
