@@ -42,6 +42,7 @@ __all__ = [
     "evaluate_variants",
     "activation_gaps",
     "summarize",
+    "findings",
     "VARIANTS",
 ]
 
@@ -418,4 +419,55 @@ def markdown_table(summary: Dict, *, about: str = "") -> str:
         lines.append("")
         lines.append("BN - GN (error points, medians): " + ", ".join(
             f"{b}: {bn[b]['median'] - gn[b]['median']:+.1f}" for b in batches if b in bn and b in gn))
+        checks = findings(summary)
+        if checks:
+            lines += ["", "The GN paper's findings, checked on these numbers (noise: the min-max spread over "
+                      "seeds of the cells compared):", ""]
+            lines += [f"- {'yes' if ok else 'NO'}: {text}" for ok, text in checks]
     return "\n".join(lines) + "\n"
+
+
+def _spread(cell: Dict) -> float:
+    return float(cell["max"] - cell["min"])
+
+
+def findings(summary: Dict) -> List[Tuple[bool, str]]:
+    """The paper's qualitative findings (GN paper Figure 1 / Table 1, EvalNorm's claim),
+    each with whether these numbers show it and the numbers. Only for error metrics."""
+    rows, batches = summary["rows"], summary["batches"]
+    if summary.get("metric") != "top1_err" or not batches:
+        return []
+    big, small = max(batches), min(batches)
+    med = {v: {b: c["median"] for b, c in cells.items()} for v, cells in rows.items()}
+    out: List[Tuple[bool, str]] = []
+    gn = rows.get("GN")
+    if gn and len(gn) > 1:
+        span = max(med["GN"].values()) - min(med["GN"].values())
+        noise = max(_spread(c) for c in gn.values())
+        out.append((span <= noise, f"GN's error varies across batch sizes by no more than seed noise "
+                                   f"(medians span {span:.1f} points, largest seed spread {noise:.1f})"))
+    bn = rows.get("BN")
+    if bn and 8 in bn and small in bn and small < 8:
+        drop = med["BN"][small] - med["BN"][8]
+        noise = max(_spread(bn[8]), _spread(bn[small]))
+        out.append((drop > noise, f"BN degrades sharply below 8 images (+{drop:.1f} points from 8 to {small}, "
+                                  f"seed spread {noise:.1f})"))
+    if bn and gn and small in bn and small in gn:
+        gap = med["BN"][small] - med["GN"][small]
+        out.append((bn[small]["min"] > gn[small]["max"], f"BN is clearly worse than GN at {small} "
+                    f"({med['BN'][small]:.1f} vs {med['GN'][small]:.1f}, +{gap:.1f} points; seed ranges "
+                    f"{bn[small]['min']:.1f}-{bn[small]['max']:.1f} and {gn[small]['min']:.1f}-{gn[small]['max']:.1f})"))
+    order = [v for v in ("BN", "GN", "LN", "IN") if v in rows and big in rows[v]]
+    for a, b in zip(order, order[1:]):
+        noise = max(_spread(rows[a][big]), _spread(rows[b][big]))
+        rel = "<=" if a == "BN" else "<"
+        ok = med[a][big] <= med[b][big] + noise
+        out.append((ok, f"at {big}: {a} {rel} {b} within noise ({med[a][big]:.1f} vs {med[b][big]:.1f}, "
+                        f"seed spread {noise:.1f})"))
+    for variant in ("BN+EvalNorm", "BN+EvalNorm 1/B^2"):
+        if variant in rows and small in rows[variant] and bn and gn and small in bn and small in gn:
+            e, p, g = med[variant][small], med["BN"][small], med["GN"][small]
+            out.append((g < e < p, f"{variant} recovers part of BN's loss at {small} without closing the gap to "
+                                   f"GN ({p:.1f} -> {e:.1f}, GN {g:.1f}: {100 * (p - e) / max(p - g, 1e-9):.0f}% "
+                                   f"of BN's gap recovered)"))
+    return out
