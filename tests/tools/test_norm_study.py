@@ -57,6 +57,35 @@ def test_summary_medians_spread_and_table():
     assert "2: +16.5" in table  # BN - GN at 2
 
 
+def _grid(values):
+    """{variant: {batch: [seed values]}} -> fake cell results."""
+    out = []
+    for variant, per_batch in values.items():
+        for b, vals in per_batch.items():
+            for s, v in enumerate(vals):
+                out.append(_fake(variant, b, s, {variant: v}))
+    return out
+
+
+def test_findings_say_which_claims_hold():
+    paper_like = {
+        "BN": {32: [6.0, 7.0, 6.5], 8: [7.0, 7.5, 7.2], 2: [20.0, 22.0, 21.0]},
+        "BN+EvalNorm": {2: [15.0, 16.0, 15.5]},
+        "GN": {32: [8.0, 9.0, 8.5], 8: [8.2, 8.8, 8.4], 2: [8.5, 9.0, 8.7]},
+        "LN": {32: [10.0, 11.0, 10.5]},
+        "IN": {32: [14.0, 15.0, 14.5]},
+    }
+    checks = S.findings(S.summarize(_grid(paper_like)))
+    assert len(checks) == 7 and all(ok for ok, _ in checks), checks
+    # GN drifting with the batch and EvalNorm overshooting GN are caught.
+    broken = dict(paper_like, GN={32: [8.0, 8.1, 8.2], 8: [12.0, 12.1, 12.2], 2: [16.0, 16.1, 16.2]},
+                  **{"BN+EvalNorm": {2: [10.0, 10.5, 11.0]}})
+    failed = [text for ok, text in S.findings(S.summarize(_grid(broken))) if not ok]
+    assert any(t.startswith("GN's error varies") for t in failed)
+    assert any(t.startswith("BN+EvalNorm recovers") for t in failed)
+    assert "NO: GN's error varies" in S.markdown_table(S.summarize(_grid(broken)))
+
+
 def _study(preset, tmp_path, *extra):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, str(REPO / "tools" / "norm_study.py"), "--preset", preset, "--out", str(tmp_path / "out"),
