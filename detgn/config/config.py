@@ -18,6 +18,7 @@ from yacs.config import CfgNode as CN
 
 from detgn.utils.errors import UserError
 
+from .conventions import CONVENTIONS, apply_convention
 from .defaults import get_cfg
 
 BASE_KEY = "_BASE_"
@@ -312,8 +313,6 @@ def validate_config(cfg: CN) -> None:
 
 def load_config(name: Optional[str] = None, opts: Sequence[str] = (), freeze: bool = True) -> CN:
     """Defaults, then the config file (resolved by name), then ``KEY VALUE`` overrides."""
-    from .conventions import apply_convention
-
     cfg = get_cfg()
     sources: Dict[str, Path] = {}
     if name:
@@ -321,6 +320,8 @@ def load_config(name: Optional[str] = None, opts: Sequence[str] = (), freeze: bo
         sources = _flat_sources(data)
         _merge_into(cfg, data, cfg)
     merge_from_list(cfg, list(opts))
+    if cfg.MODEL.CONVENTION and cfg.MODEL.CONVENTION not in CONVENTIONS:
+        raise ConfigError(f"MODEL.CONVENTION = {cfg.MODEL.CONVENTION!r}; choose '' or one of {sorted(CONVENTIONS)}")
     apply_convention(cfg, _keys_after_convention(sources, [str(k) for k in list(opts)[0::2]]))
     validate_config(cfg)
     if freeze:

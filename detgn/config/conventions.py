@@ -82,10 +82,8 @@ def apply_convention(cfg, explicit: Iterable[str] = ()) -> List[str]:
     name = cfg.MODEL.CONVENTION
     if not name:
         return []
-    if name not in CONVENTIONS:
-        from .config import ConfigError
-
-        raise ConfigError(f"MODEL.CONVENTION = {name!r}; choose '' or one of {sorted(CONVENTIONS)}")
+    if name not in CONVENTIONS:  # load_config checks this first and raises ConfigError
+        raise ValueError(f"MODEL.CONVENTION = {name!r}; choose '' or one of {sorted(CONVENTIONS)}")
     explicit = set(explicit)
     kept = []
     for key, value in CONVENTIONS[name].items():

@@ -16,6 +16,8 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
+from tv_weights import randomize_torchvision_maskrcnn
+
 from detgn.checkpoint import load_weights
 from detgn.config import load_config
 from detgn.modeling import build_model
@@ -29,18 +31,8 @@ def _torchvision_model():
     trunk = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
     tv = MaskRCNN(_resnet_fpn_extractor(trunk, 3), num_classes=NUM_FG + 1, min_size=H, max_size=W,
                   image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0]).eval()
-    g = torch.Generator().manual_seed(1)
+    randomize_torchvision_maskrcnn(tv, seed=1)
     with torch.no_grad():
-        for name, buf in tv.named_buffers():  # frozen BN statistics that keep activations O(1)
-            if name.endswith("running_var"):
-                buf.copy_(0.5 + torch.rand(buf.shape, generator=g))
-            elif name.endswith("running_mean") or name.endswith(".bias"):
-                buf.copy_(0.1 * torch.randn(buf.shape, generator=g))
-            elif name.endswith(".weight"):
-                buf.copy_(0.5 + 0.5 * torch.rand(buf.shape, generator=g))
-        for name, p in tv.named_parameters():
-            if name.endswith("bias"):
-                p.copy_(0.05 * torch.randn(p.shape, generator=g))
         # Decisive heads: objectness and class logits of a trained detector's spread.
         tv.rpn.head.cls_logits.weight.mul_(30.0)
         tv.roi_heads.box_predictor.cls_score.weight.mul_(30.0)

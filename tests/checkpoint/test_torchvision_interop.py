@@ -7,6 +7,8 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
+from tv_weights import randomize_torchvision_maskrcnn
+
 from detgn.checkpoint.torchvision_names import convert_torchvision_maskrcnn, convert_torchvision_resnet
 from detgn.config import load_config
 from detgn.modeling import build_model
@@ -20,18 +22,7 @@ def models():
     torch.manual_seed(0)
     trunk = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
     tv = MaskRCNN(_resnet_fpn_extractor(trunk, 3), num_classes=NUM_FG + 1).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # random, non-trivial frozen statistics and head biases
-        for name, buf in tv.named_buffers():
-            if name.endswith("running_var"):
-                buf.copy_(0.5 + torch.rand(buf.shape, generator=g))
-            elif name.endswith("running_mean") or name.endswith(".bias"):
-                buf.copy_(0.1 * torch.randn(buf.shape, generator=g))
-            elif name.endswith(".weight"):
-                buf.copy_(0.5 + 0.5 * torch.rand(buf.shape, generator=g))
-        for name, p in tv.named_parameters():
-            if name.endswith("bias"):
-                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    randomize_torchvision_maskrcnn(tv, seed=1)  # random, non-trivial frozen statistics and head biases
     cfg = load_config("gn_paper/mask_rcnn_R_50_FPN_BNstar_2x.yaml", [
         "MODEL.WEIGHTS", "", "MODEL.POOLER_ALIGNED", "False", "MODEL.ROI_HEADS.NUM_CLASSES", str(NUM_FG),
         "MODEL.RESNETS.STRIDE_IN_1X1", "False",  # torchvision strides on the 3x3 conv

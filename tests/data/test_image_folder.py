@@ -261,8 +261,10 @@ def test_unreadable_training_image_is_skipped_and_counted(folders, caplog, worke
 
 def test_test_loader_every_image_once(folders):
     (_, val_name), _, _ = folders
-    seen = [(b[0]["label"], tuple(b[0]["image"].shape)) for b in build_classification_test_loader(_cfg("x"), val_name)]
-    assert seen == [(1, (3, 20, 20)), (2, (3, 20, 20)), (2, (3, 20, 20))]
+    batches = list(build_classification_test_loader(_cfg("x"), val_name))
+    seen = [(d["label"], tuple(d["image"].shape)) for b in batches for d in b]
+    assert sorted(seen) == [(1, (3, 20, 20)), (2, (3, 20, 20)), (2, (3, 20, 20))]
+    assert len({d["file_name"] for b in batches for d in b}) == 3  # every image once
 
 
 def test_test_loader_stops_on_an_unreadable_image(folders):
