@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The normalization study: BN / GN / LN / IN (and BN + EvalNorm, + PreciseBN) x images per process.
 
-    python tools/norm_study.py --preset cpu                       # ~40 min on 2 cores (the committed figure)
+    python tools/norm_study.py --preset cpu                       # ~25 min on 2 cores (the committed figure)
     python tools/norm_study.py --preset cpu --copy-to docs/norm_study
     python tools/norm_study.py --preset gpu --jobs 8              # larger scale, one cell per GPU
     python tools/norm_study.py --preset detect_gpu                # Mask R-CNN variant, 8 GPUs per cell

@@ -68,7 +68,7 @@ def plot_norm_study(summary: Dict, path: str, *, title: str = "") -> str:
     ylabel = "validation error (%)" if summary.get("metric") == "top1_err" else f"validation {summary.get('metric', '')}"
     ax.set_ylabel(ylabel + ", median over seeds (band: min-max)")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize=9)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)  # outside: never over a line
     if title:
         ax.set_title(title, fontsize=10)
     try:

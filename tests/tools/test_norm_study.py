@@ -77,6 +77,10 @@ def test_findings_say_which_claims_hold():
     }
     checks = S.findings(S.summarize(_grid(paper_like)))
     assert len(checks) == 7 and all(ok for ok, _ in checks), checks
+    # The same from the saved norm_study.json (batch sizes become strings there).
+    saved = json.loads(json.dumps(S.summarize(_grid(paper_like))))
+    assert S.findings(saved) == checks
+    assert S.markdown_table(saved) == S.markdown_table(S.summarize(_grid(paper_like)))
     # GN drifting with the batch and EvalNorm overshooting GN are caught.
     broken = dict(paper_like, GN={32: [8.0, 8.1, 8.2], 8: [12.0, 12.1, 12.2], 2: [16.0, 16.1, 16.2]},
                   **{"BN+EvalNorm": {2: [10.0, 10.5, 11.0]}})
