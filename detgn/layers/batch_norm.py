@@ -154,9 +154,12 @@ class _EvalNormAuxLoss(torch.autograd.Function):
     def forward(ctx, x, mu_e, var_e, alpha, beta, eps):
         xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
         mu_i, var_i = sample_moments(xf)  # (N, C)
-        # Batch statistics from the per-sample ones (every sample has the same number of values).
+        # Batch statistics from the per-sample ones (every sample has the same number of values),
+        # the variance as within + between samples: never negative. The one-pass form
+        # E[var_i + mu_i^2] - mu_b^2 cancels to a negative number (NaN loss) when the samples'
+        # means are large and nearly equal, e.g. 1x1 maps at 2 images per batch.
         mu_b = mu_i.mean(0)
-        var_b = (var_i + mu_i * mu_i).mean(0) - mu_b * mu_b
+        var_b = var_i.mean(0) + (mu_i - mu_b).square().mean(0)
         a, b = alpha.detach().to(mu_i.dtype), beta.detach().to(mu_i.dtype)
         d = mu_i - mu_e
         mu_hat = mu_e + a * d

@@ -257,3 +257,22 @@ def test_aux_loss_and_its_closed_form_gradients_match_autograd(alpha, beta):
     torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(a2.grad, a1.grad, rtol=1e-7, atol=1e-12)
     torch.testing.assert_close(b2.grad, b1.grad, rtol=1e-7, atol=1e-12)
+
+
+def test_online_loss_stays_finite_on_1x1_maps_with_nearly_equal_samples():
+    """At 2 images per batch a 1x1 map (a ResNet's last stage on 32-px inputs) gives per-sample
+    variances of 0 and a batch variance that is the tiny spread of two large, nearly equal
+    means; the online loss must stay finite there (the one-pass E[x^2] - E[x]^2 went negative)."""
+    layer = BatchNorm2d(8)
+    configure_evalnorm(layer, enabled=True, mode="online")
+    layer.train()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        layer.running_mean.fill_(300.0)
+    for spread in (0.0, 1e-4, 1e-3):
+        x = 300.0 + spread * torch.randn(2, 8, 1, 1, generator=g)
+        layer(x)
+        loss = pop_evalnorm_loss(layer)
+        assert torch.isfinite(loss), (spread, loss)
+        loss.backward()
+        assert torch.isfinite(layer.evalnorm_alpha.grad) and torch.isfinite(layer.evalnorm_beta.grad)
