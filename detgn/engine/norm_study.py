@@ -106,7 +106,7 @@ PRESETS: Dict[str, StudyPreset] = {
     "cpu": StudyPreset(
         config="classification/norm_study_cpu.yaml",
         data={"num_train": 3500, "num_val": 1000, "seed": 0, "style": dict(_CPU_STYLE, size=64)},
-        about="ResNet-10 (16-128 channels), synthetic shapes 64 px, 3,500 train / 1,000 val images, 6 epochs, "
+        about="ResNet-10 (16-128 channels; GN 16 per group), synthetic shapes 64 px, 3,500 train / 1,000 val, 6 epochs, "
               "LR 0.02 x batch / 32, 3 seeds, CPU",
     ),
     # The same question at a scale closer to the paper's, for GPUs (one cell per GPU at a time):
