@@ -135,7 +135,7 @@ PRESETS: Dict[str, StudyPreset] = {
         overrides=("INPUT.CLASSIFY.TRAIN_CROP", "32", "INPUT.CLASSIFY.TEST_RESIZE", "32",
                    "INPUT.CLASSIFY.TEST_CROP", "32", "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "(1,)",
                    "SOLVER.WARMUP_ITERS", "1", "MODEL.RESNETS.STEM_OUT_CHANNELS", "8",
-                   "MODEL.RESNETS.RES2_OUT_CHANNELS", "8"),
+                   "MODEL.RESNETS.RES2_OUT_CHANNELS", "8", "MODEL.GROUP_NORM.DIM_PER_GP", "4"),
         precise_bn_images=16,
         about="smoke test: 2 norms x 2 batch sizes x 1 seed on 48 images",
     ),
