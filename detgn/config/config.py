@@ -16,16 +16,11 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 from yacs.config import CfgNode as CN
 
-from detgn.utils.errors import UserError
-
-from .conventions import CONVENTIONS, apply_convention
+from .conventions import apply_convention
 from .defaults import get_cfg
+from .errors import ConfigError
 
 BASE_KEY = "_BASE_"
-
-
-class ConfigError(UserError, ValueError):
-    """A config file, name or override that cannot be used as written."""
 
 
 def configs_root() -> Path:
@@ -320,8 +315,6 @@ def load_config(name: Optional[str] = None, opts: Sequence[str] = (), freeze: bo
         sources = _flat_sources(data)
         _merge_into(cfg, data, cfg)
     merge_from_list(cfg, list(opts))
-    if cfg.MODEL.CONVENTION and cfg.MODEL.CONVENTION not in CONVENTIONS:
-        raise ConfigError(f"MODEL.CONVENTION = {cfg.MODEL.CONVENTION!r}; choose '' or one of {sorted(CONVENTIONS)}")
     apply_convention(cfg, _keys_after_convention(sources, [str(k) for k in list(opts)[0::2]]))
     validate_config(cfg)
     if freeze:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, Iterable, List, Tuple
 
+from .errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["CONVENTIONS", "apply_convention", "convention_keys"]
@@ -82,8 +84,8 @@ def apply_convention(cfg, explicit: Iterable[str] = ()) -> List[str]:
     name = cfg.MODEL.CONVENTION
     if not name:
         return []
-    if name not in CONVENTIONS:  # load_config checks this first and raises ConfigError
-        raise ValueError(f"MODEL.CONVENTION = {name!r}; choose '' or one of {sorted(CONVENTIONS)}")
+    if name not in CONVENTIONS:
+        raise ConfigError(f"MODEL.CONVENTION = {name!r}; choose '' or one of {sorted(CONVENTIONS)}")
     explicit = set(explicit)
     kept = []
     for key, value in CONVENTIONS[name].items():

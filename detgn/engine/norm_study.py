@@ -355,8 +355,3 @@ def cell_result(cfg, model: nn.Module, cell: Cell, preset: StudyPreset, *, run_d
     else:
         result["scores"] = {cell.norm: _score(final, task)}
     return result
-
-
-# ---------------------------------------------------------------------------- #
-# The report
-# ---------------------------------------------------------------------------- #

@@ -15,11 +15,11 @@ import os
 import random
 import time
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
+from detgn.data.mapper import read_image
 from detgn.evaluation.coco_evaluator import (
     SUMMARY_METRICS,
     encode_masks,
@@ -27,13 +27,7 @@ from detgn.evaluation.coco_evaluator import (
     load_coco_json,
 )
 
-from detgn.utils.errors import UserError
-
 __all__ = ["CocoSplit", "build_baseline", "evaluate", "train"]
-
-
-class _UnreadableImage(UserError, OSError):
-    """An image file of the split that OpenCV cannot decode."""
 
 
 def build_baseline(num_classes: int, min_size, max_size: int) -> nn.Module:
@@ -70,11 +64,8 @@ class CocoSplit:
 
     def image(self, image_id: int) -> torch.Tensor:
         info = self.coco.loadImgs(image_id)[0]
-        path = os.path.join(self.image_dir, info["file_name"])
-        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise _UnreadableImage(f"cannot read image {path} (image {image_id} of {self.image_dir}); check the file or remove it from the annotations")
-        return torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])).permute(2, 0, 1).float() / 255.0
+        rgb = read_image(os.path.join(self.image_dir, info["file_name"]), image_format="RGB", image_id=image_id)
+        return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() / 255.0
 
     def target(self, image_id: int):
         anns = [a for a in self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id)) if not a.get("iscrowd", 0)]
