@@ -156,7 +156,7 @@ def main(args):
     trainer = build_trainer(
         cfg,
         model,
-        data_loader_fn=lambda start_iter: build_train_loader(cfg, start_iter=start_iter, bad_images=bad_images),
+        data_loader_fn=lambda start_batch: build_train_loader(cfg, start_iter=start_batch, bad_images=bad_images),
         eval_fn=(lambda: do_test(cfg, model)) if cfg.DATASETS.TEST else None,
         bad_images=bad_images,
         # PreciseBN reads the training set from its start with a loader of its own.

@@ -304,6 +304,8 @@ def validate_config(cfg: CN) -> None:
         raise ConfigError("SOLVER.ON_SCHEDULE_CHANGE must be 'apply' or 'refuse'")
     if cfg.SOLVER.IMS_PER_GPU < 1:
         raise ConfigError("SOLVER.IMS_PER_GPU must be >= 1")
+    if cfg.SOLVER.GRAD_ACCUM_STEPS < 1:
+        raise ConfigError(f"SOLVER.GRAD_ACCUM_STEPS must be >= 1 (1: no gradient accumulation), got {cfg.SOLVER.GRAD_ACCUM_STEPS}")
 
 
 def load_config(name: Optional[str] = None, opts: Sequence[str] = (), freeze: bool = True) -> CN:

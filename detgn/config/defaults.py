@@ -333,9 +333,18 @@ _C.DATALOADER.MAX_BAD_IMAGES_FRACTION = 0.001
 _C.SOLVER = CN()
 # Images per process (per GPU). The paper fine-tunes with 1 image per GPU.
 _C.SOLVER.IMS_PER_GPU = 1
+# Batches of IMS_PER_GPU images whose gradients each process sums before one optimizer
+# step (gradient accumulation; DDP syncs once per step). An iteration then takes
+# IMS_PER_GPU x GRAD_ACCUM_STEPS images per process, while every norm layer still
+# normalises IMS_PER_GPU images together: 1 process with IMS_PER_GPU 2 and GRAD_ACCUM_STEPS
+# 8 steps as 8 GPUs with 2 images each do (BN's running averages are updated once per
+# batch, 8 times per step, where DDP keeps rank 0's one update). Each batch's loss is
+# divided by GRAD_ACCUM_STEPS, so a step equals one on the whole batch for per-sample
+# norms (GN, LN, IN, frozen BN). 1: no accumulation.
+_C.SOLVER.GRAD_ACCUM_STEPS = 1
 # Total images per iteration that BASE_LR, MAX_ITER, STEPS and WARMUP_ITERS are
 # written for. The trainer applies the linear scaling rule to the actual
-# world_size x IMS_PER_GPU.
+# world_size x IMS_PER_GPU x GRAD_ACCUM_STEPS.
 _C.SOLVER.REFERENCE_IMS_PER_BATCH = 16
 # Rescale the schedule to the actual batch (False: use the numbers as written).
 _C.SOLVER.SCALE_SCHEDULE = True

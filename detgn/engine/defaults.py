@@ -120,10 +120,12 @@ def nan_hint(cfg, schedule: Schedule, world_size: int) -> str:
     """What to check when the loss diverges: the batch and the LR the linear rule implies."""
     ref = reference_schedule(cfg)
     rule_lr = ref.base_lr * schedule.ims_per_batch / ref.ims_per_batch
+    k = int(cfg.SOLVER.GRAD_ACCUM_STEPS)
+    accum = f" x SOLVER.GRAD_ACCUM_STEPS={k}" if k > 1 else ""
     return (
         "Hint: a diverging loss usually means the LR is too high for the batch. This run has "
         f"{world_size} process(es) (--num-gpus / torchrun --nproc_per_node) x SOLVER.IMS_PER_GPU="
-        f"{cfg.SOLVER.IMS_PER_GPU} = {schedule.ims_per_batch} images per iteration. SOLVER.BASE_LR="
+        f"{cfg.SOLVER.IMS_PER_GPU}{accum} = {schedule.ims_per_batch} images per iteration. SOLVER.BASE_LR="
         f"{ref.base_lr:g} is meant for SOLVER.REFERENCE_IMS_PER_BATCH={ref.ims_per_batch} images; the linear "
         f"scaling rule gives {ref.base_lr:g} x {schedule.ims_per_batch}/{ref.ims_per_batch} = {rule_lr:.6g}, and "
         f"this run uses base LR {schedule.base_lr:.6g} (SOLVER.SCALE_SCHEDULE={cfg.SOLVER.SCALE_SCHEDULE}). "
@@ -198,8 +200,9 @@ def build_trainer(
     Args:
         cfg: the run's config.
         model: the unwrapped model.
-        data_loader_fn: ``start_iter -> iterable of batches`` (e.g.
-            ``lambda s: build_detection_train_loader(cfg, start_iter=s)``).
+        data_loader_fn: ``start_batch -> iterable of batches`` from that batch of the stream on
+            (e.g. ``lambda s: build_detection_train_loader(cfg, start_iter=s)``); with
+            ``SOLVER.GRAD_ACCUM_STEPS`` k, iteration i starts at batch i x k.
         eval_fn: returns evaluation results (nested dicts of numbers); None: no evaluation.
         writers: metric writers instead of the default three.
         bad_images: the run's :class:`detgn.data.BadImageTracker`, also given to the loader
@@ -228,7 +231,8 @@ def build_trainer(
         extra={"seed": int(cfg.SEED)},
     )
     if comm.is_main_process() and cfg.VERBOSE_STARTUP:
-        logger.info("Schedule (%d process(es) x %d images):\n%s", world_size, cfg.SOLVER.IMS_PER_GPU,
+        logger.info("Schedule (%d process(es) x %d images%s):\n%s", world_size, cfg.SOLVER.IMS_PER_GPU,
+                    f" x {cfg.SOLVER.GRAD_ACCUM_STEPS} accumulated batches" if cfg.SOLVER.GRAD_ACCUM_STEPS > 1 else "",
                     format_schedule_table(reference_schedule(cfg), schedule))
         logger.info("Parameter groups:\n%s", format_param_groups(optimizer))
     trainer = Trainer(
@@ -242,6 +246,7 @@ def build_trainer(
         amp=cfg.SOLVER.AMP.ENABLED,
         bf16=cfg.CPU.BF16,
         nan_hint=nan_hint(cfg, schedule, world_size),
+        accumulate=cfg.SOLVER.GRAD_ACCUM_STEPS,
     )
     trainer.schedule = schedule
     if trainer.scaler is not None:

@@ -64,16 +64,19 @@ class Trainer:
         model: returns a dict of scalar losses for a batch (``list[dict]``) in training mode.
             May be a DistributedDataParallel wrapper.
         optimizer: steps the parameters.
-        data_loader_fn: ``data_loader_fn(start_iter)`` -> iterable of batches whose first
-            element is iteration ``start_iter``'s batch (deterministic per position: exact
-            resume rebuilds the loader at the resumed iteration).
-        max_iter: iterations of the whole run (not of this session).
+        data_loader_fn: ``data_loader_fn(start_batch)`` -> iterable of batches whose first
+            element is batch ``start_batch`` of the stream (deterministic per position: exact
+            resume rebuilds the loader at ``start_iter x accumulate``).
+        max_iter: iterations (optimizer steps) of the whole run (not of this session).
         scheduler: LR scheduler, stepped by :class:`detgn.engine.hooks.LRScheduler`.
         checkpointer: :class:`detgn.checkpoint.Checkpointer` used by :meth:`resume_or_load`.
         grad_clip: clip the gradients' total norm to this (0: no clipping).
         amp: mixed precision (float16 autocast + GradScaler); only on CUDA, ignored with a
             notice on the CPU.
         bf16: run the forward under bfloat16 autocast on the CPU.
+        accumulate: batches per optimizer step (``SOLVER.GRAD_ACCUM_STEPS``). Their gradients
+            are summed, each loss divided by ``accumulate`` (a step on the mean over all the
+            images), DDP syncs once per step, and the logged losses are the batches' means.
         nan_hint: appended to the non-finite-loss error (what to check in the config).
     """
 
@@ -90,6 +93,7 @@ class Trainer:
         amp: bool = False,
         bf16: bool = False,
         nan_hint: str = "",
+        accumulate: int = 1,
     ):
         self.model = model
         self.optimizer = optimizer
@@ -99,6 +103,9 @@ class Trainer:
         self.checkpointer = checkpointer
         self.grad_clip = float(grad_clip)
         self.nan_hint = nan_hint
+        self.accumulate = int(accumulate)
+        if self.accumulate < 1:
+            raise ValueError(f"accumulate must be >= 1, got {accumulate}")
         self.device_type = _device_type(model)
         if amp and self.device_type != "cuda":
             logger.info("SOLVER.AMP.ENABLED is ignored: the model is on the %s, AMP needs CUDA", self.device_type)
@@ -153,7 +160,7 @@ class Trainer:
         self.finished = False
         self.model.train()
         logger.info("Starting training at iteration %d of %d", self.start_iter, self.max_iter)
-        self._data_iter = iter(self.data_loader_fn(self.start_iter))
+        self._data_iter = iter(self.data_loader_fn(self.start_iter * self.accumulate))
         with self.storage:
             self._train_loop()
 
@@ -192,40 +199,59 @@ class Trainer:
         return contextlib.nullcontext()
 
     def run_step(self) -> None:
-        """One iteration: next batch, forward, sum of the loss dict, backward, optimizer step."""
+        """One iteration: ``accumulate`` x (next batch, forward, sum of the loss dict, backward),
+        then one optimizer step."""
         start = time.perf_counter()
-        try:
-            batch = next(self._data_iter)
-        except StopIteration:
-            raise RuntimeError(
-                f"The training data loader ran out at iteration {self.iter}; it must yield batches "
-                "forever (an infinite sampler), the trainer stops at max_iter"
-            ) from None
-        data_time = time.perf_counter() - start
-        with self._autocast():
-            loss_dict = self.model(batch)
-        if not isinstance(loss_dict, dict) or not loss_dict:
-            raise TypeError(f"In training the model must return a non-empty dict of losses, got {type(loss_dict).__name__}")
-        losses = sum(v.float() for v in loss_dict.values())
-        # Averaged over ranks for logging; a NaN on any rank shows on all, so all stop together.
-        reduced = comm.reduce_dict_mean({k: v.detach().float() for k, v in loss_dict.items()})
-        logged = {k: float(v) for k, v in reduced.items()}
-        total = sum(v for k, v in logged.items() if k not in AUXILIARY_LOSSES)
-        if not math.isfinite(sum(logged.values())):
-            raise self._non_finite_error(loss_dict, batch)
+        data_time = 0.0
+        logged: Dict[str, float] = {}
         self.optimizer.zero_grad(set_to_none=True)
+        for j in range(self.accumulate):
+            fetch = time.perf_counter()
+            batch = self._next_batch()
+            data_time += time.perf_counter() - fetch
+            last = j == self.accumulate - 1
+            # DDP all-reduces the gradients at the last batch's backward only.
+            sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            with sync:
+                with self._autocast():
+                    loss_dict = self.model(batch)
+                if not isinstance(loss_dict, dict) or not loss_dict:
+                    raise TypeError(
+                        f"In training the model must return a non-empty dict of losses, got {type(loss_dict).__name__}"
+                    )
+                losses = sum(v.float() for v in loss_dict.values())
+                # Averaged over ranks for logging; a NaN on any rank shows on all, so all stop together.
+                reduced = comm.reduce_dict_mean({k: v.detach().float() for k, v in loss_dict.items()})
+                if not math.isfinite(sum(float(v) for v in reduced.values())):
+                    raise self._non_finite_error(loss_dict, batch)
+                for k, v in reduced.items():
+                    logged[k] = logged.get(k, 0.0) + float(v) / self.accumulate
+                if self.accumulate > 1:
+                    losses = losses / self.accumulate
+                if self.scaler is not None:
+                    self.scaler.scale(losses).backward()
+                else:
+                    losses.backward()
         if self.scaler is not None:
-            self.scaler.scale(losses).backward()
             self.scaler.unscale_(self.optimizer)
             self._clip()
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            losses.backward()
             self._clip()
             self.optimizer.step()
+        total = sum(v for k, v in logged.items() if k not in AUXILIARY_LOSSES)
         self.storage.put_scalars(**logged, total_loss=total)
         self.storage.put_scalars(time=time.perf_counter() - start, data_time=data_time)
+
+    def _next_batch(self):
+        try:
+            return next(self._data_iter)
+        except StopIteration:
+            raise RuntimeError(
+                f"The training data loader ran out at iteration {self.iter}; it must yield batches "
+                "forever (an infinite sampler), the trainer stops at max_iter"
+            ) from None
 
     def _clip(self) -> None:
         if self.grad_clip <= 0:

@@ -1,8 +1,8 @@
 """The training schedule: linear scaling to the real batch, warmup and multi-step decay.
 
 Configs write the schedule for ``SOLVER.REFERENCE_IMS_PER_BATCH`` (16) images per
-iteration, as the papers publish it. The run has ``b = world_size x IMS_PER_GPU``
-images per iteration, so (Goyal et al.'s linear scaling rule) the LR is scaled by
+iteration, as the papers publish it. The run has ``b = world_size x IMS_PER_GPU x
+GRAD_ACCUM_STEPS`` images per iteration (optimizer step), so (Goyal et al.'s linear scaling rule) the LR is scaled by
 ``b / 16`` and every iteration count (max_iter, steps, warmup, checkpoint and eval
 periods) by ``16 / b``: the same number of images is seen at every LR. One image
 per iteration turns the "2x" schedule (0.02, 180k) into (0.00125, 2.88M).
@@ -111,7 +111,8 @@ def _check_reference(ref: Schedule) -> None:
 
 
 def resolve_schedule(cfg, world_size: int) -> Schedule:
-    """The schedule this run follows with ``world_size`` processes of ``SOLVER.IMS_PER_GPU`` images.
+    """The schedule this run follows with ``world_size`` processes of ``SOLVER.IMS_PER_GPU`` images
+    (times ``SOLVER.GRAD_ACCUM_STEPS`` batches per step).
 
     With ``SOLVER.SCALE_SCHEDULE`` (default) the LR scales by ``b / REFERENCE_IMS_PER_BATCH``
     and iteration counts by the inverse (rounded; a positive count stays >= 1, 0 stays 0);
@@ -119,7 +120,7 @@ def resolve_schedule(cfg, world_size: int) -> Schedule:
     """
     ref = reference_schedule(cfg)
     _check_reference(ref)
-    b = int(world_size) * int(cfg.SOLVER.IMS_PER_GPU)
+    b = int(world_size) * int(cfg.SOLVER.IMS_PER_GPU) * int(cfg.SOLVER.GRAD_ACCUM_STEPS)
     if not cfg.SOLVER.SCALE_SCHEDULE:
         return dataclasses.replace(ref, ims_per_batch=b)
     k = ref.ims_per_batch / b
