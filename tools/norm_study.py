@@ -6,6 +6,7 @@
     python tools/norm_study.py --preset gpu --jobs 8              # larger scale, one cell per GPU
     python tools/norm_study.py --preset detect_gpu                # Mask R-CNN variant, 8 GPUs per cell
     python tools/norm_study.py --preset cpu --report-only         # redraw from the finished cells
+    python tools/norm_study.py --preset cpu --images-per-step 0 --out output/per_process  # the paper's protocol
 
 Makes the preset's synthetic data under ``--data`` (default ``datasets/norm_study_<preset>``),
 trains every (norm, batch, seed) cell with ``tools/train_net.py`` in its own process
@@ -47,6 +48,9 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
     p.add_argument("--norms", nargs="+", help="override the preset's norms")
     p.add_argument("--batches", type=int, nargs="+", help="override the preset's images per process")
+    p.add_argument("--images-per-step", type=int, metavar="N",
+                   help="images per optimizer step in every cell, by gradient accumulation (0: each cell steps on "
+                        "its own batch, the linear rule scales the LR); default: the preset's")
     p.add_argument("--report-only", action="store_true", help="only redraw the report from finished cells")
     p.add_argument("--copy-to", help="also copy the report files (not the runs) into this folder, e.g. docs/norm_study")
     p.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell in this process
@@ -63,11 +67,16 @@ def preset_of(args) -> S.StudyPreset:
     changes = {k: tuple(v) for k, v in (("seeds", args.seeds), ("norms", args.norms), ("batches", args.batches)) if v}
     if args.jobs:
         changes["jobs"] = args.jobs
+    if args.images_per_step is not None:
+        changes["images_per_step"] = args.images_per_step
     if args.opts:
         if len(args.opts) % 2:
             raise SystemExit(f"Overrides come in KEY VALUE pairs, got {args.opts}")
         changes["overrides"] = tuple(preset.overrides) + tuple(args.opts)
-    return dataclasses.replace(preset, **changes)
+    try:
+        return dataclasses.replace(preset, **changes)
+    except ValueError as e:
+        raise SystemExit(f"[study] {e}") from None
 
 
 def make_data(preset: S.StudyPreset, data_root: str) -> None:
@@ -140,7 +149,8 @@ def run_all(args, preset: S.StudyPreset) -> None:
         t0 = time.time()
         with open(log, "w") as f:
             rc = subprocess.call([sys.executable, os.path.abspath(__file__), "--preset", args.preset, "--out", args.out,
-                                  "--data", args.data, "--cell", cell.name, *args.opts],
+                                  "--data", args.data, "--cell", cell.name,
+                                  "--images-per-step", str(preset.images_per_step), *args.opts],
                                  stdout=f, stderr=subprocess.STDOUT, env=env)
         slots.append(slot)
         done += 1
@@ -164,17 +174,23 @@ def report(args, preset: S.StudyPreset) -> None:
         raise SystemExit(f"[study] no finished cell under {args.out}/runs")
     summary = S.summarize(results)
     summary["preset"] = {"name": args.preset, **json.loads(json.dumps(dataclasses.asdict(preset)))}
-    title = f"{args.preset}: {preset.about}"
+    about = f"{preset.about}. Protocol: {S.protocol(preset)}."
+    summary["protocol"] = S.protocol(preset)
+    title = f"{args.preset}: {preset.about}\n" + (
+        f"{preset.images_per_step} images per step in every cell (accumulated batches)" if preset.images_per_step
+        else "each cell steps on its own batch (LR by the linear rule)")
     atomic_write_json(os.path.join(args.out, "norm_study.json"), summary)
     command = f"python tools/norm_study.py --preset {args.preset}"
+    if preset.images_per_step != S.PRESETS[args.preset].images_per_step:
+        command += f" --images-per-step {preset.images_per_step}"
     atomic_write_text(os.path.join(args.out, "norm_study.md"),
                       f"# Normalization study, preset `{args.preset}`\n\n`{command}`\n\n" + S.markdown_table(
-                          summary, about=preset.about))
+                          summary, about=about))
     plot_norm_study(summary, os.path.join(args.out, "norm_study.png"), title=title)
     if summary["gaps"]:
         b = min(summary["gaps"])
         plot_activation_gaps(summary["gaps"][b], os.path.join(args.out, "norm_study_gap.png"), batch=b)
-    print(S.markdown_table(summary, about=preset.about), flush=True)
+    print(S.markdown_table(summary, about=about), flush=True)
     if args.copy_to:
         os.makedirs(args.copy_to, exist_ok=True)
         for name in REPORT_FILES:

@@ -8,7 +8,8 @@ image classifier on an ImageFolder dataset (ImageNet layout), then use it in any
     python tools/pretrain_backbone.py --export OUTPUT_DIR/model_0004999.pth --output trunk.pth
 
 Training is ``tools/train_net.py`` with an ``ImageClassifier`` config: the same linear LR
-rule over processes x ``SOLVER.IMS_PER_GPU``, atomic checkpoints and exact ``--resume``,
+rule over processes x ``SOLVER.IMS_PER_GPU`` (x ``SOLVER.GRAD_ACCUM_STEPS``: a larger step on
+fewer GPUs; BN still normalises ``IMS_PER_GPU`` images), atomic checkpoints and exact ``--resume``,
 hooks, ``metrics.json`` and ``training_curves.png``; evaluation gives top-1/top-5 error. At
 the end it writes ``OUTPUT_DIR/trunk_final.pth``, which ``MODEL.WEIGHTS`` loads into a
 detection config with the same ``MODEL.RESNETS.*`` (FPN or C4). ``--export`` writes the trunk

@@ -7,7 +7,7 @@ at the original (height, width) in inference.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 from torch import nn

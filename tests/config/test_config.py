@@ -1,7 +1,4 @@
 """Config loading: _BASE_ inheritance, name resolution, overrides and strict errors."""
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest

@@ -74,21 +74,6 @@ def test_get_wires_build_model_and_load_weights(configs, monkeypatch):
     assert calls == [("build", "cpu", "detgn://tiny/model_final"), ("load", "Linear", "detgn://tiny/model_final")]
 
 
-def _real_parts_missing() -> str:
-    """'' when build_model and load_weights import, else why not."""
-    try:
-        from detgn.checkpoint import load_weights  # noqa: F401
-        from detgn.modeling import build_model  # noqa: F401
-    except Exception as e:  # other helpers' modules may be half-written
-        return f"{type(e).__name__}: {e}"
-    return ""
-
-
-_MISSING = _real_parts_missing()
-
-
-@pytest.mark.skipif(bool(_MISSING), reason="detgn.modeling.build_model / detgn.checkpoint.load_weights "
-                                            f"not importable yet ({_MISSING}); rerun once they exist")
 def test_get_trained_end_to_end(configs, server):
     """Real build + real load of weights served by the loopback zoo server.
 

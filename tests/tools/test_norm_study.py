@@ -1,4 +1,5 @@
 """tools/norm_study.py: the sweep's cells, the summary, and the smoke presets end to end."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -22,6 +23,14 @@ def test_cells_and_their_overrides():
     bn = S.cell_overrides(preset, S.Cell("BN", 2, 1), "/out")
     assert bn[bn.index("MODEL.RESNETS.NORM") + 1] == "BN" and bn[bn.index("MODEL.EVALNORM.ENABLED") + 1] == "True"
     assert bn[bn.index("SOLVER.IMS_PER_GPU") + 1] == "2" and bn[bn.index("SEED") + 1] == "1"
+    # The CPU preset steps on 32 images in every cell: 32 / batch accumulated batches.
+    assert bn[bn.index("SOLVER.GRAD_ACCUM_STEPS") + 1] == "16"
+    b32 = S.cell_overrides(preset, S.Cell("GN", 32, 0), "/out")
+    assert b32[b32.index("SOLVER.GRAD_ACCUM_STEPS") + 1] == "1"
+    assert "32/B batches" in S.protocol(preset) and "linear rule" in S.protocol(S.PRESETS["gpu"])
+    assert "SOLVER.GRAD_ACCUM_STEPS" not in S.cell_overrides(S.PRESETS["gpu"], S.Cell("GN", 2, 0), "/out")
+    with pytest.raises(ValueError, match="multiple of every batch size"):
+        dataclasses.replace(preset, batches=(32, 3))
     gn = S.cell_overrides(S.PRESETS["detect_gpu"], S.Cell("GN", 1, 0), "/out")
     assert all(gn[gn.index(k) + 1] == "GN" for k in S.PRESETS["detect_gpu"].norm_keys)
     assert "MODEL.EVALNORM.ENABLED" not in gn
@@ -113,6 +122,13 @@ def test_smoke_study_end_to_end_and_resume(tmp_path):
     cell = json.loads((out / "runs" / "BN_b2_s0" / "cell_result.json").read_text())
     assert len(cell["alpha_beta"]) == 12 and cell["train_seconds"] > 0
     assert (out / "runs" / "GN_b4_s0" / "training_curves.png").is_file()
+    # 4 images per step in both cells: the batch-2 cells accumulate 2 batches, same schedule.
+    from detgn.config import load_config
+
+    b2, b4 = (load_config(str(out / "runs" / f"GN_b{b}_s0" / "config.yaml")) for b in (2, 4))
+    assert (b2.SOLVER.IMS_PER_GPU, b2.SOLVER.GRAD_ACCUM_STEPS, b4.SOLVER.GRAD_ACCUM_STEPS) == (2, 2, 1)
+    assert "accumulates 4/B batches" in (out / "norm_study.md").read_text()
+    assert summary["protocol"] == S.protocol(S.PRESETS["smoke"])
     # Rerun: every cell is kept, only the report is redrawn.
     rc, text = _study("smoke", tmp_path)
     assert rc == 0 and "4 cells, 4 already done" in text, text[-2000:]
