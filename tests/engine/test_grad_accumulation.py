@@ -163,3 +163,53 @@ def test_two_processes_accumulate_like_one_batch(tmp_path, monkeypatch):
             torch.testing.assert_close(res["1x2"][k], v, rtol=1e-5, atol=1e-6, msg=k)
     for k, v in ranks[0]["1x2"].items():
         assert torch.equal(v, ranks[1]["1x2"][k]), k
+
+
+def test_resume_with_accumulation_and_unreadable_files_continues_the_stream(tmp_path):
+    """The real loader (4 of 10 files unreadable, skipped) under 2 accumulated batches per
+    step: the resumed run reads exactly the batches the uninterrupted one read after the
+    checkpoint, and never the known bad files again."""
+    sys.path.insert(0, str(HERE.parent / "data"))
+    from test_bad_images import BAD, CountingMapper, make_records, reads
+
+    from detgn.data import BadImageTracker
+    from detgn.data.build import make_train_loader
+
+    records = make_records(tmp_path / "images")
+
+    class IdModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(1))
+            self.seen = []
+
+        def forward(self, batch):
+            self.seen.append([d["image_id"] for d in batch])
+            x = torch.stack([d["image"].float().mean() / 255 for d in batch])
+            return {"loss": ((x - 0.3) * self.w).pow(2).mean()}
+
+    def run(out, log, *, stop=None):
+        model, tracker = IdModel(), BadImageTracker(max_bad_images=4)
+        cfg = toy_cfg(out, **{"SOLVER.IMS_PER_GPU": 1, "SOLVER.GRAD_ACCUM_STEPS": 2, "SOLVER.MAX_ITER": 8,
+                              "SOLVER.STEPS": (5,)})
+        t = build_trainer(cfg, model, bad_images=tracker, writers=[], data_loader_fn=lambda s: make_train_loader(
+            records, mapper=CountingMapper(log), batch_size=1, seed=5, start_iter=s, bad_images=tracker))
+        if stop:
+            t.register_hooks([stop_after(stop)])
+        start = t.resume_or_load("", resume=True)
+        try:
+            t.train()
+        except StopRun:
+            pass
+        return start, model
+
+    _, full = run(tmp_path / "full", tmp_path / "full.txt")
+    assert len(full.seen) == 16  # 8 steps x 2 batches
+    run(tmp_path / "part", tmp_path / "part.txt", stop=5)  # last checkpoint: after 4 steps
+    start, resumed = run(tmp_path / "part", tmp_path / "resumed.txt")
+    assert start == 4
+    assert resumed.seen == full.seen[8:]
+    bad_files = {records[i]["file_name"] for i in BAD}
+    assert bad_files <= set(reads(tmp_path / "part.txt"))  # found before the interruption ...
+    assert not set(reads(tmp_path / "resumed.txt")) & bad_files  # ... and not read again
+    assert torch.equal(resumed.w, full.w)
