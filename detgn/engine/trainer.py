@@ -10,7 +10,7 @@ import contextlib
 import logging
 import math
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -203,35 +203,34 @@ class Trainer:
         then one optimizer step."""
         start = time.perf_counter()
         data_time = 0.0
-        logged: Dict[str, float] = {}
+        k = self.accumulate
+        # Per batch: its detached losses and image ids (for the non-finite error), no sync.
+        seen: List[Tuple[Dict[str, torch.Tensor], list]] = []
         self.optimizer.zero_grad(set_to_none=True)
-        for j in range(self.accumulate):
+        for j in range(k):
             fetch = time.perf_counter()
             batch = self._next_batch()
             data_time += time.perf_counter() - fetch
-            last = j == self.accumulate - 1
             # DDP all-reduces the gradients at the last batch's backward only.
-            sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
-            with sync:
+            last = j == k - 1
+            with contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync():
                 with self._autocast():
                     loss_dict = self.model(batch)
                 if not isinstance(loss_dict, dict) or not loss_dict:
                     raise TypeError(
                         f"In training the model must return a non-empty dict of losses, got {type(loss_dict).__name__}"
                     )
+                seen.append(({n: v.detach().float() for n, v in loss_dict.items()}, _image_ids(batch)))
                 losses = sum(v.float() for v in loss_dict.values())
-                # Averaged over ranks for logging; a NaN on any rank shows on all, so all stop together.
-                reduced = comm.reduce_dict_mean({k: v.detach().float() for k, v in loss_dict.items()})
-                if not math.isfinite(sum(float(v) for v in reduced.values())):
-                    raise self._non_finite_error(loss_dict, batch)
-                for k, v in reduced.items():
-                    logged[k] = logged.get(k, 0.0) + float(v) / self.accumulate
-                if self.accumulate > 1:
-                    losses = losses / self.accumulate
-                if self.scaler is not None:
-                    self.scaler.scale(losses).backward()
-                else:
-                    losses.backward()
+                if k > 1:
+                    losses = losses / k
+                (self.scaler.scale(losses) if self.scaler is not None else losses).backward()
+        local = seen[0][0] if k == 1 else {n: sum(d[n] for d, _ in seen) / k for n in seen[0][0]}
+        # Averaged over ranks for logging (one collective per step); a NaN on any rank shows on
+        # all, so all stop together, before the step is taken.
+        logged = {n: float(v) for n, v in comm.reduce_dict_mean(local).items()}
+        if not math.isfinite(sum(logged.values())):
+            raise self._non_finite_error(seen)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
             self._clip()
@@ -240,7 +239,7 @@ class Trainer:
         else:
             self._clip()
             self.optimizer.step()
-        total = sum(v for k, v in logged.items() if k not in AUXILIARY_LOSSES)
+        total = sum(v for n, v in logged.items() if n not in AUXILIARY_LOSSES)
         self.storage.put_scalars(**logged, total_loss=total)
         self.storage.put_scalars(time=time.perf_counter() - start, data_time=data_time)
 
@@ -264,9 +263,12 @@ class Trainer:
             if params:
                 torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
 
-    def _non_finite_error(self, loss_dict: Dict[str, torch.Tensor], batch) -> NonFiniteLossError:
-        local = {k: float(v.detach().float()) for k, v in loss_dict.items()}
-        ids = [d.get("image_id", d.get("file_name", "?")) if isinstance(d, dict) else "?" for d in batch]
+    def _non_finite_error(self, seen: List[Tuple[Dict[str, torch.Tensor], list]]) -> NonFiniteLossError:
+        """``seen``: this step's batches as (losses, image ids); the first non-finite one is shown
+        (collective: every rank calls it)."""
+        per_batch = [{n: float(v) for n, v in d.items()} for d, _ in seen]
+        pick = next((i for i, t in enumerate(per_batch) if not all(map(math.isfinite, t.values()))), 0)
+        local, ids = per_batch[pick], seen[pick][1]
         per_rank = comm.all_gather((comm.get_rank(), local, ids))
         lines = [f"Loss is not finite at iteration {self.iter}:"]
         for rank, terms, image_ids in per_rank:
@@ -282,6 +284,10 @@ class Trainer:
         if self.nan_hint:
             lines.append(self.nan_hint)
         return NonFiniteLossError("\n".join(lines))
+
+
+def _image_ids(batch) -> list:
+    return [d.get("image_id", d.get("file_name", "?")) if isinstance(d, dict) else "?" for d in batch]
 
 
 def _device_type(model: nn.Module) -> str:
