@@ -39,34 +39,46 @@ def list_images(path: str) -> List[str]:
     raise FileNotFoundError(f"--input {path}: no such file or folder")
 
 
-def _registered_names(name: str) -> Optional[List[str]]:
+def _registered(name: str, key: str):
     if name not in DatasetCatalog:
         return None
     try:
-        names = MetadataCatalog.get(name).get("thing_classes")
+        value = MetadataCatalog.get(name).get(key)
     except Exception as e:  # a missing/unreadable JSON only costs the names, not the pictures
-        logger.warning("Class names of '%s' unavailable (%s: %s); showing class numbers", name, type(e).__name__, e)
+        logger.warning("%s of '%s' unavailable (%s: %s); showing class numbers", key, name, type(e).__name__, e)
         return None
-    return list(names) if names else None
+    return value or None
+
+
+def _class_metadata(cfg, dataset_name: Optional[str], key: str):
+    candidates = ([dataset_name] if dataset_name else []) + list(cfg.DATASETS.TEST)
+    for name in candidates:
+        value = _registered(name, key)
+        if value is None:
+            continue
+        if len(value) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+            logger.warning(
+                "Dataset '%s' has %d classes but MODEL.ROI_HEADS.NUM_CLASSES is %d; showing class numbers",
+                name, len(value), cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+            )
+            return None
+        return value
+    return None
 
 
 def class_names_for(cfg, dataset_name: Optional[str] = None) -> Optional[List[str]]:
     """Names by contiguous class id: from ``dataset_name``'s metadata, else from the config's
     first registered DATASETS.TEST set; None (draw numbers) when neither is available or
     their count differs from MODEL.ROI_HEADS.NUM_CLASSES."""
-    candidates = ([dataset_name] if dataset_name else []) + list(cfg.DATASETS.TEST)
-    for name in candidates:
-        names = _registered_names(name)
-        if names is None:
-            continue
-        if len(names) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
-            logger.warning(
-                "Dataset '%s' has %d classes but MODEL.ROI_HEADS.NUM_CLASSES is %d; showing class numbers",
-                name, len(names), cfg.MODEL.ROI_HEADS.NUM_CLASSES,
-            )
-            return None
-        return names
-    return None
+    names = _class_metadata(cfg, dataset_name, "thing_classes")
+    return list(names) if names else None
+
+
+def category_ids_for(cfg, dataset_name: Optional[str] = None) -> Optional[List[int]]:
+    """The dataset's category id of each contiguous class id, from the same dataset as
+    :func:`class_names_for`; None when unavailable."""
+    ids = _class_metadata(cfg, dataset_name, "contiguous_id_to_dataset_id")
+    return [int(ids[i]) for i in range(len(ids))] if ids else None
 
 
 def _draw_one(predictor: Predictor, record: Dict[str, Any], out_path: str, *, class_names, score_thresh,

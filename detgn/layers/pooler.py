@@ -32,9 +32,16 @@ def assign_boxes_to_levels(
         (sum R_i,) int64 in [0, max_level - min_level].
     """
     device = boxes[0].device if boxes else torch.device("cpu")
-    area = torch.cat([b.area() for b in boxes]) if boxes else torch.zeros(0, device=device)
-    size = area.sqrt()
-    level = torch.floor(canonical_level + torch.log2(size / canonical_box_size) + 1e-6)
+    xyxy = torch.cat([b.tensor for b in boxes]) if boxes else torch.zeros(0, 4, device=device)
+    return level_of_boxes(xyxy, min_level, max_level, canonical_box_size, canonical_level)
+
+
+def level_of_boxes(
+    boxes: torch.Tensor, min_level: int, max_level: int, canonical_box_size: float, canonical_level: int
+) -> torch.Tensor:
+    """:func:`assign_boxes_to_levels` of one (R, 4) x1y1x2y2 tensor."""
+    area = (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)  # as Boxes.area
+    level = torch.floor(canonical_level + torch.log2(area.sqrt() / canonical_box_size) + 1e-6)
     level = level.clamp(min=min_level, max=max_level)
     return level.to(torch.int64) - min_level
 
@@ -113,19 +120,22 @@ class ROIPooler(nn.Module):
             raise ValueError(
                 f"ROIPooler got boxes for {len(boxes)} images but features for {features[0].shape[0]}"
             )
-        rois = boxes_to_rois(boxes).to(features[0].device)
+        return self.pool(features, boxes_to_rois(boxes).to(features[0].device))
+
+    def pool(self, features: List[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
+        """Pool (R, 5) ``(image_index, x1, y1, x2, y2)`` rows, each on the level its box selects.
+
+        Tensor in, tensor out, with no branch on the number of boxes, so that the same code
+        runs eagerly and under ``torch.export`` (see :mod:`detgn.export`).
+        """
         if len(self.level_poolers) == 1:
             return self.level_poolers[0](features[0], rois)
-
         channels = features[0].shape[1]
         out = features[0].new_zeros((rois.shape[0], channels) + self.output_size)
-        if rois.shape[0] == 0:
-            return out
-        level_of_box = assign_boxes_to_levels(
-            boxes, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
-        ).to(rois.device)
+        level_of_box = level_of_boxes(
+            rois[:, 1:], self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
+        )
         for level, (feature, pooler) in enumerate(zip(features, self.level_poolers)):
             index = torch.nonzero(level_of_box == level, as_tuple=True)[0]
-            if index.numel() > 0:
-                out[index] = pooler(feature, rois[index]).to(out.dtype)
+            out[index] = pooler(feature, rois[index]).to(out.dtype)
         return out
