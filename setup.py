@@ -1,6 +1,8 @@
 """detgn: Mask R-CNN with Group Normalization, Detectron-style, in PyTorch."""
 from setuptools import find_packages, setup
 
+EXPORT = ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18", "openvino>=2024.0"]
+
 setup(
     name="detgn",
     version="0.1.0",
@@ -21,5 +23,10 @@ setup(
         "matplotlib",
         "tensorboard",
     ],
-    extras_require={"dev": ["pytest>=7", "pytest-timeout"]},
+    extras_require={
+        # Deployment (detgn.export, tools/export_model.py, tools/predict.py): the ONNX exporter of
+        # torch.onnx needs onnx and onnxscript; onnxruntime and OpenVINO run the exported model.
+        "export": EXPORT,
+        "dev": ["pytest>=7", "pytest-timeout"] + EXPORT,
+    },
 )

@@ -7,6 +7,10 @@
 Prints median time per iteration / image after warm-up, images/s, peak memory and
 FLOPs (fvcore, one inference pass). A benchmark prints figures; it asserts nothing.
 The training step timed is the Trainer's own (:mod:`detgn.engine.benchmark`).
+``--task inference --backend torch,torch_bf16,onnxruntime,openvino`` times the same model on each
+backend (eager fp32, eager bf16 autocast, its ONNX export in onnxruntime / OpenVINO, ...) on the
+same images in this process, backends taking turns, and checks each one's detections against
+the fp32 model's (:mod:`detgn.export.benchmark`); ``--backend all`` takes every backend.
 ``--torchvision`` measures torchvision's ``maskrcnn_resnet50_fpn`` (random weights,
 same input sizes, same number of images per step) in the same process and prints the
 ratio detgn / torchvision.
@@ -24,7 +28,7 @@ import torch  # noqa: E402
 
 from detgn.config import load_config  # noqa: E402
 from detgn.data.benchmark import benchmark_loader  # noqa: E402
-from detgn.engine.benchmark import benchmark_model, benchmark_torchvision  # noqa: E402
+from detgn.engine.benchmark import benchmark_model, benchmark_torchvision, peak_memory_mb  # noqa: E402
 
 
 def main(argv=None):
@@ -37,6 +41,8 @@ def main(argv=None):
     ap.add_argument("--width", type=int, default=1216, help="input width")
     ap.add_argument("--flops", action="store_true", help="count inference FLOPs with fvcore")
     ap.add_argument("--torchvision", action="store_true", help="also measure torchvision's Mask R-CNN R50-FPN")
+    ap.add_argument("--backend", help="inference: comma-separated backends to compare (or 'all'): "
+                    "torch, torch_bf16, onnxruntime, openvino, openvino_bf16, torch_export")
     ap.add_argument("--json", help="append the results as JSON lines to this file")
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = ap.parse_args(argv)
@@ -45,7 +51,15 @@ def main(argv=None):
         torch.set_num_threads(cfg.CPU.NUM_THREADS)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {cfg.MODEL.DEVICE}", flush=True)
     sizes = dict(height=args.height, width=args.width, warmup=args.warmup, iters=args.iters)
-    if args.task == "data":
+    if args.backend:
+        if args.task != "inference":
+            ap.error("--backend compares inference backends: use it with --task inference")
+        from detgn.export.benchmark import BENCH_BACKENDS, benchmark_backends
+
+        names = list(BENCH_BACKENDS) if args.backend == "all" else args.backend.split(",")
+        results = [{"config": args.config, **r} for r in benchmark_backends(cfg, names, **sizes)]
+        results[-1]["peak_mem_mb_process"] = peak_memory_mb(cfg.MODEL.DEVICE)
+    elif args.task == "data":
         results = [benchmark_loader(cfg, args.iters)]
     else:
         results = [{"config": args.config, **benchmark_model(cfg, args.task, flops=args.flops, **sizes)}]
@@ -54,7 +68,7 @@ def main(argv=None):
     key = "s_per_iter" if args.task == "train" else "s_per_image"
     for r in results:
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
-    if len(results) == 2:
+    if len(results) == 2 and not args.backend:
         print(f"ratio detgn / torchvision ({key}): {results[0][key] / results[1][key]:.3f}")
     if args.json:
         with open(args.json, "a") as f:

@@ -150,10 +150,21 @@ def _unknown_key_error(full_key: str, cfg: CN, source: str) -> ConfigError:
     return ConfigError(f"Unknown config key '{full_key}' (in {source}).{hint}")
 
 
+# Keys whose value is a choice that also accepts a boolean (the key's earlier type).
+_BOOL_OR_CHOICE = ("CPU.BF16",)
+
+
 def _check_type(full_key: str, old: Any, new: Any, source: str) -> Any:
     """Return ``new`` converted to the default's type, or raise a typed error."""
     if old is None or new is None:
         return new
+    if full_key in _BOOL_OR_CHOICE:  # e.g. CPU.BF16: auto / on / off, and True / False
+        from detgn.utils.cpu import normalize_bf16_setting
+
+        try:
+            return normalize_bf16_setting(new)
+        except ValueError as e:
+            raise ConfigError(f"Config key '{full_key}' (in {source}): {e}") from None
     if isinstance(old, bool) or isinstance(new, bool):
         if isinstance(old, bool) and isinstance(new, bool):
             return new

@@ -20,6 +20,7 @@ from typing import Callable, Dict, List
 import torch
 from torch import nn
 
+from detgn.utils.cpu import resolve_bf16
 from detgn.modeling import build_model, count_flops
 from detgn.structures import Boxes, Instances, PolygonMasks
 
@@ -116,7 +117,7 @@ def benchmark_model(cfg, task: str, *, height: int, width: int, warmup: int = 3,
     res: Dict[str, object] = {"model": "detgn", "input": f"{height}x{width}", "images_per_step": n}
     if task == "train":
         batch = synthetic_batch(n, height, width, num_classes=num_classes)
-        times = time_training_steps(model, batch, warmup=warmup, iters=iters, device=device, bf16=cfg.CPU.BF16,
+        times = time_training_steps(model, batch, warmup=warmup, iters=iters, device=device, bf16=resolve_bf16(cfg.CPU.BF16, device).enabled,
                                     amp=cfg.SOLVER.AMP.ENABLED)
         res["s_per_iter"] = statistics.median(times)
         res["images_per_s"] = n / res["s_per_iter"]

@@ -14,6 +14,7 @@ import torch
 import yaml
 from torch import nn
 
+from detgn.utils.cpu import log_bf16_choice, resolve_bf16
 from detgn.checkpoint import Checkpointer
 from detgn.solver import (
     Schedule,
@@ -235,6 +236,8 @@ def build_trainer(
                     f" x {cfg.SOLVER.GRAD_ACCUM_STEPS} accumulated batches" if cfg.SOLVER.GRAD_ACCUM_STEPS > 1 else "",
                     format_schedule_table(reference_schedule(cfg), schedule))
         logger.info("Parameter groups:\n%s", format_param_groups(optimizer))
+    bf16 = resolve_bf16(cfg.CPU.BF16, cfg.MODEL.DEVICE)
+    log_bf16_choice(bf16, "training")
     trainer = Trainer(
         model=create_ddp_model(model, local_rank=comm.get_local_rank()),
         optimizer=optimizer,
@@ -244,7 +247,7 @@ def build_trainer(
         checkpointer=checkpointer,
         grad_clip=cfg.SOLVER.CLIP_GRADIENTS,
         amp=cfg.SOLVER.AMP.ENABLED,
-        bf16=cfg.CPU.BF16,
+        bf16=bf16.enabled,
         nan_hint=nan_hint(cfg, schedule, world_size),
         accumulate=cfg.SOLVER.GRAD_ACCUM_STEPS,
     )

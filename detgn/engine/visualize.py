@@ -45,7 +45,7 @@ def _registered(name: str, key: str):
     try:
         value = MetadataCatalog.get(name).get(key)
     except Exception as e:  # a missing/unreadable JSON only costs the names, not the pictures
-        logger.warning("%s of '%s' unavailable (%s: %s); showing class numbers", key, name, type(e).__name__, e)
+        logger.warning("%s of '%s' unavailable (%s: %s); using class numbers", key, name, type(e).__name__, e)
         return None
     return value or None
 

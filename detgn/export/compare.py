@@ -95,3 +95,17 @@ def match_detections(ref_boxes, ref_scores, ref_classes, boxes, scores, classes,
         else:
             result.max_mask_err = float(max(np.abs(rm[i].astype(np.float64) - om[j]).max() for i, j in pairs))
     return result
+
+
+def compare_predictors(reference, other, images) -> List[DetectionMatch]:
+    """Match ``other``'s detections to ``reference``'s on each (H, W, 3) BGR image.
+
+    Both are called like ``Predictor``; returns one :class:`DetectionMatch` per image.
+    """
+    out = []
+    for image in images:
+        a, b = reference(image), other(image)
+        out.append(match_detections(a.pred_boxes.tensor, a.scores, a.pred_classes, b.pred_boxes.tensor, b.scores,
+                                    b.pred_classes, a.pred_masks if a.has("pred_masks") else None,
+                                    b.pred_masks if b.has("pred_masks") else None))
+    return out

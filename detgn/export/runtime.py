@@ -25,6 +25,7 @@ import torch
 from detgn.data.mapper import DatasetMapper
 from detgn.layers.mask_ops import paste_masks_in_image
 from detgn.structures import Boxes, Instances
+from detgn.utils.cpu import bf16_autocast
 
 from .metadata import EMBEDDED_KEY, ExportError, ExportMismatchError, check_embedded, read_metadata
 
@@ -43,13 +44,17 @@ class ExportedPredictor:
         export_dir: a folder written by ``tools/export_model.py``.
         backend: see ``BACKENDS``; None picks the format's default.
         num_threads: intra-op threads of the backend (0: its default).
+        precision: "fp32" (default: the detections of the eager fp32 model) or "bf16" (OpenVINO's
+            bf16 inference precision, or bf16 autocast for the torch program; faster on CPUs with
+            native bf16, detections no longer equal the fp32 model's).
 
     Attributes:
         metadata: the folder's checked metadata (class names, resize rule, ...).
         class_names: names by class index, or None.
     """
 
-    def __init__(self, export_dir, *, backend: Optional[str] = None, num_threads: int = 0):
+    def __init__(self, export_dir, *, backend: Optional[str] = None, num_threads: int = 0,
+                 precision: str = "fp32"):
         self.export_dir = Path(export_dir)
         self.metadata = meta = read_metadata(self.export_dir)
         choices = BACKENDS[meta["format"]]
@@ -60,6 +65,10 @@ class ExportedPredictor:
                 f"use one of {list(choices)}"
             )
         self.model_path = self.export_dir / meta["model_file"]
+        if precision not in ("fp32", "bf16") or (precision == "bf16" and self.backend == "onnxruntime"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16' (bf16 with openvino or torch), got {precision!r} "
+                             f"for backend {self.backend}")
+        self.precision = precision
         self._run = getattr(self, "_load_" + self.backend)(num_threads)
         self.class_names: Optional[List[str]] = meta.get("class_names")
         resize = meta["resize"]
@@ -99,7 +108,10 @@ class ExportedPredictor:
         check_embedded(self.metadata, embedded or "{}", str(self.model_path))
         self._check_io([i.name for i in proto.graph.input], [o.name for o in proto.graph.output])
         core = ov.Core()
-        config = {"INFERENCE_NUM_THREADS": num_threads} if num_threads > 0 else {}
+        # OpenVINO picks bf16 by itself on CPUs with native bf16; fp32 unless bf16 is asked for.
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32"}
+        if num_threads > 0:
+            config["INFERENCE_NUM_THREADS"] = num_threads
         compiled = core.compile_model(core.read_model(str(self.model_path)), "CPU", config)
         request = compiled.create_infer_request()
 
@@ -119,9 +131,12 @@ class ExportedPredictor:
         if num_threads > 0:
             torch.set_num_threads(num_threads)
 
+        bf16 = self.precision == "bf16"
+
         def run(image, size):
-            with torch.no_grad():
-                return [t.numpy() for t in module(torch.from_numpy(image), torch.from_numpy(size))]
+            with torch.no_grad(), bf16_autocast(bf16):
+                return [t.float().numpy() if t.is_floating_point() else t.numpy()
+                        for t in module(torch.from_numpy(image), torch.from_numpy(size))]
 
         return run
 
@@ -162,7 +177,7 @@ class ExportedPredictor:
         return result
 
     def __repr__(self) -> str:
-        return f"ExportedPredictor({str(self.export_dir)!r}, backend={self.backend!r})"
+        return f"ExportedPredictor({str(self.export_dir)!r}, backend={self.backend!r}, precision={self.precision!r})"
 
     def describe(self) -> str:
         meta = self.metadata

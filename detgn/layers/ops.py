@@ -70,6 +70,13 @@ def roi_align(
     """
     # torchvision returns (0, C, h, w) for zero rois, still attached to the graph
     # (a zero gradient for ``input``), which a loss over no RoIs needs.
+    if input.dtype in (torch.bfloat16, torch.float16):
+        # Box coordinates in bf16 (8-bit mantissa) would be off by up to 4 px at x ~ 1000:
+        # sample in float32, return the features in the input's precision (what torchvision's
+        # own autocast wrapper does), never rounding the boxes.
+        out = _tv_roi_align(input.float(), rois.float().reshape(-1, 5), _pair(output_size), spatial_scale,
+                            sampling_ratio, aligned)
+        return out.to(input.dtype)
     rois = rois.to(input.dtype).reshape(-1, 5)
     return _tv_roi_align(input, rois, _pair(output_size), spatial_scale, sampling_ratio, aligned)
 

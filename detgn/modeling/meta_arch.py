@@ -15,6 +15,7 @@ from torch import nn
 from detgn.layers.batch_norm import pop_evalnorm_loss
 from detgn.layers.mask_ops import paste_masks_in_image
 from detgn.structures import Boxes, ImageList, Instances
+from detgn.utils.cpu import bf16_autocast, log_bf16_choice, resolve_bf16
 
 
 def detector_postprocess(
@@ -61,6 +62,9 @@ class GeneralizedRCNN(nn.Module):
         mask_on: whether ``roi_heads`` predicts masks (checked against it).
         mask_paste: how masks are pasted into the image ("grid_sample", "detectron",
             "torchvision"; MODEL.ROI_MASK_HEAD.PASTE_METHOD).
+        inference_bf16: run inference on the CPU under bfloat16 autocast (CPU.BF16, resolved by
+            :func:`detgn.utils.cpu.resolve_bf16`); proposals, scores, boxes and mask
+            probabilities are still computed in float32 from the network's outputs.
     """
 
     def __init__(
@@ -74,8 +78,10 @@ class GeneralizedRCNN(nn.Module):
         input_format: str = "BGR",
         mask_on: bool = True,
         mask_paste: str = "grid_sample",
+        inference_bf16: bool = False,
     ):
         super().__init__()
+        self.inference_bf16 = bool(inference_bf16)
         from detgn.layers.mask_ops import PASTE_METHODS
 
         if mask_paste not in PASTE_METHODS:
@@ -165,9 +171,10 @@ class GeneralizedRCNN(nn.Module):
         """Detections per image; ``do_postprocess=False`` keeps them at the network's input size
         (masks as (D, 1, M, M) probabilities) and returns the Instances themselves."""
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
-        proposals, _ = self.proposal_generator(images, features, None)
-        results, _ = self.roi_heads(images, features, proposals, None)
+        with bf16_autocast(self.inference_bf16 and self.device.type == "cpu"):
+            features = self.backbone(images.tensor)
+            proposals, _ = self.proposal_generator(images, features, None)
+            results, _ = self.roi_heads(images, features, proposals, None)
         if not do_postprocess:
             return results
         processed = []
@@ -188,6 +195,8 @@ class GeneralizedRCNN(nn.Module):
 
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
+        bf16 = resolve_bf16(cfg.CPU.BF16, cfg.MODEL.DEVICE)
+        log_bf16_choice(bf16, "inference")
         return cls(
             backbone=backbone,
             proposal_generator=build_proposal_generator(cfg, shapes),
@@ -197,4 +206,5 @@ class GeneralizedRCNN(nn.Module):
             input_format=cfg.INPUT.FORMAT,
             mask_on=cfg.MODEL.MASK_ON,
             mask_paste=cfg.MODEL.ROI_MASK_HEAD.PASTE_METHOD,
+            inference_bf16=bf16.enabled,
         )

@@ -313,7 +313,7 @@ class RPN(nn.Module):
             boxes.append(self.box2box_transform.apply_deltas(deltas_l.detach().reshape(-1, 4), a).view(n, r, 4))
         return find_top_rpn_proposals(
             boxes,
-            [x.detach() for x in logits],
+            [x.detach().float() for x in logits],  # ranked in float32 under bf16 autocast too
             image_sizes,
             self.nms_thresh,
             self.pre_nms_topk[self.training],

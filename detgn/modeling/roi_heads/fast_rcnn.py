@@ -235,7 +235,7 @@ class FastRCNNOutputLayers(nn.Module):
     def predict_probs(self, predictions, proposals: List[Instances]) -> List[torch.Tensor]:
         """Per image (R_i, K + 1) softmax probabilities."""
         logits, _ = predictions
-        return list(F.softmax(logits, dim=-1).split([len(p) for p in proposals]))
+        return list(F.softmax(logits.float(), dim=-1).split([len(p) for p in proposals]))
 
     def inference(self, predictions, proposals: List[Instances]) -> Tuple[List[Instances], List[torch.Tensor]]:
         """Final detections per image and the RoI index of each."""

@@ -87,6 +87,7 @@ def mask_rcnn_inference(pred_mask_logits: torch.Tensor, pred_instances: List[Ins
             in image order.
         pred_instances: per image, detections with ``pred_classes``; modified in place.
     """
+    pred_mask_logits = pred_mask_logits.float()  # probabilities in float32 under bf16 autocast too
     if pred_mask_logits.shape[1] == 1:
         probs = pred_mask_logits.sigmoid()
     else:
