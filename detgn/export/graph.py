@@ -47,7 +47,14 @@ def _nonempty(boxes: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
 
 
 def _rois(boxes: torch.Tensor) -> torch.Tensor:
-    """(R, 5) RoI rows of one image's (R, 4) boxes."""
+    """(max(R, 1), 5) RoI rows of one image's (R, 4) boxes.
+
+    With no box a dummy RoI is pooled instead: some runtimes cannot reshape a 0-RoI batch
+    inside GN (onnxruntime's Reshape infers no -1 from a size of 0). The heads are per-RoI,
+    so the caller drops the dummy's output (``[:R]``) and the other RoIs never see it.
+    """
+    n = boxes.shape[0]
+    boxes = torch.cat([boxes, boxes.new_tensor([[0.0, 0.0, 1.0, 1.0]])])[: torch.sym_max(n, 1)]
     return torch.cat([boxes.new_zeros((boxes.shape[0], 1)), boxes], dim=1)
 
 
@@ -104,9 +111,9 @@ class ExportableDetector(nn.Module):
         heads = self.model.roi_heads
         if self.is_c4:
             feats = [features[f] for f in heads.in_features]
-            return heads.res5(heads.pooler.pool(feats, _rois(boxes))).mean(dim=(2, 3))
+            return heads.res5(heads.pooler.pool(feats, _rois(boxes))).mean(dim=(2, 3))[: boxes.shape[0]]
         feats = [features[f] for f in heads.box_in_features]
-        return heads.box_head(heads.box_pooler.pool(feats, _rois(boxes)))
+        return heads.box_head(heads.box_pooler.pool(feats, _rois(boxes)))[: boxes.shape[0]]
 
     def _detections(self, features, proposals: torch.Tensor, height, width):
         """``FastRCNNOutputLayers.inference`` of one image: (D, 4) boxes, (D,) scores, (D,) classes."""
@@ -138,7 +145,7 @@ class ExportableDetector(nn.Module):
         else:
             feats = [features[f] for f in heads.mask_in_features]
             x = heads.mask_pooler.pool(feats, _rois(boxes))
-        logits = heads.mask_head(x)
+        logits = heads.mask_head(x)[: boxes.shape[0]]
         if logits.shape[1] == 1:
             return logits[:, 0].sigmoid()
         return logits[torch.arange(logits.shape[0]), classes].sigmoid()

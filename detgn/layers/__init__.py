@@ -19,12 +19,13 @@ from .norm import (
     get_norm,
     norm_from_cfg,
 )
-from .ops import ROIAlign, batched_nms, nms, roi_align
+from .ops import ROIAlign, at_least_fp32, batched_nms, nms, roi_align
 from .pooler import ROIPooler, assign_boxes_to_levels
 from .shape_spec import ShapeSpec
 from .weight_init import c2_msra_fill, c2_xavier_fill
 
 __all__ = [
+    "at_least_fp32",
     "NORM_NAMES",
     "BatchNorm2d",
     "apply_evalnorm_rule",

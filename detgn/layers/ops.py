@@ -14,6 +14,12 @@ from torchvision.ops import nms as _tv_nms
 from torchvision.ops import roi_align as _tv_roi_align
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 if it is in a 16-bit float type (bf16 / fp16 autocast outputs), else unchanged
+    (float64 stays float64)."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Indices (int64, by decreasing score) of the boxes kept by NMS.
 

@@ -29,7 +29,8 @@ def _assert_same(a, b, exact=True):
             torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7, msg=k)
 
 
-def test_run_10_equals_run_6_then_resume(tmp_path):
+@pytest.mark.parametrize("bf16", ["off", "on"])  # CPU.BF16 on: emulated where the CPU has no bf16
+def test_run_10_equals_run_6_then_resume(tmp_path, bf16):
     draws = []
 
     def eval_fn():
@@ -37,14 +38,15 @@ def test_run_10_equals_run_6_then_resume(tmp_path):
         draws.append((torch.rand(1).item(), random.random(), np.random.rand()))
         return {"bbox": {"AP": 50.0 + len(draws)}}
 
-    full = make_toy_trainer(tmp_path / "full", eval_fn=eval_fn, **{"TEST.EVAL_PERIOD": 3})
+    full = make_toy_trainer(tmp_path / "full", eval_fn=eval_fn, **{"TEST.EVAL_PERIOD": 3, "CPU.BF16": bf16})
+    assert full.bf16 is (bf16 == "on")
     full.resume_or_load("", resume=True)
     full.train()
     assert len(draws) == 4  # after 3, 6, 9 and the final 10
     expected = _weights(full.toy_model)
 
     out = tmp_path / "interrupted"
-    first = make_toy_trainer(out, writers=[JSONWriter(str(out / "metrics.json"))])
+    first = make_toy_trainer(out, writers=[JSONWriter(str(out / "metrics.json"))], **{"CPU.BF16": bf16})
     first.register_hooks([stop_after(7)])  # dies after 7 iterations; last checkpoint holds 6
     first.resume_or_load("", resume=True)
     with pytest.raises(StopRun):
@@ -56,7 +58,7 @@ def test_run_10_equals_run_6_then_resume(tmp_path):
     random.seed(123)
     np.random.seed(123)
     torch.manual_seed(123)
-    second = make_toy_trainer(out, seed=99, writers=[JSONWriter(str(out / "metrics.json"))])
+    second = make_toy_trainer(out, seed=99, writers=[JSONWriter(str(out / "metrics.json"))], **{"CPU.BF16": bf16})
     assert second.resume_or_load("", resume=True) == 6
     second.train()
     _assert_same(expected, _weights(second.toy_model))

@@ -44,7 +44,7 @@ def decisive_weights(cfg, path, seed: int = 3) -> str:
                 m.running_var.fill_(4.0)  # random convs without normalisation would blow up
         model.roi_heads.box_predictor.cls_score.weight.mul_(30.0)
         if cfg.MODEL.MASK_ON:
-            model.roi_heads.mask_head.mask_fcn_logits.weight.mul_(30.0)
+            model.roi_heads.mask_head.mask_fcn_logits.weight.mul_(300.0)
     torch.save({"model": model.state_dict()}, path)
     return str(path)
 

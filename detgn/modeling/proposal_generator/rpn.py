@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detgn.layers import batched_nms
+from detgn.layers import at_least_fp32, batched_nms
 from detgn.layers.shape_spec import ShapeSpec
 from detgn.modeling.box_regression import Box2BoxTransform, smooth_l1_loss
 from detgn.modeling.matcher import Matcher
@@ -313,7 +313,7 @@ class RPN(nn.Module):
             boxes.append(self.box2box_transform.apply_deltas(deltas_l.detach().reshape(-1, 4), a).view(n, r, 4))
         return find_top_rpn_proposals(
             boxes,
-            [x.detach().float() for x in logits],  # ranked in float32 under bf16 autocast too
+            [at_least_fp32(x.detach()) for x in logits],  # ranked in float32 under bf16 autocast too
             image_sizes,
             self.nms_thresh,
             self.pre_nms_topk[self.training],

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detgn.layers import batched_nms
+from detgn.layers import at_least_fp32, batched_nms
 from detgn.layers.shape_spec import ShapeSpec
 from detgn.modeling.box_regression import Box2BoxTransform, smooth_l1_loss
 from detgn.structures import Boxes, Instances
@@ -235,7 +235,7 @@ class FastRCNNOutputLayers(nn.Module):
     def predict_probs(self, predictions, proposals: List[Instances]) -> List[torch.Tensor]:
         """Per image (R_i, K + 1) softmax probabilities."""
         logits, _ = predictions
-        return list(F.softmax(logits.float(), dim=-1).split([len(p) for p in proposals]))
+        return list(F.softmax(at_least_fp32(logits), dim=-1).split([len(p) for p in proposals]))
 
     def inference(self, predictions, proposals: List[Instances]) -> Tuple[List[Instances], List[torch.Tensor]]:
         """Final detections per image and the RoI index of each."""

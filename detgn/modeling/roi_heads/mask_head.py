@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detgn.layers import Norm, add_conv_norm_relu_stack, c2_msra_fill, norm_from_cfg
+from detgn.layers import Norm, add_conv_norm_relu_stack, at_least_fp32, c2_msra_fill, norm_from_cfg
 from detgn.layers.shape_spec import ShapeSpec
 from detgn.structures import Instances
 
@@ -87,7 +87,7 @@ def mask_rcnn_inference(pred_mask_logits: torch.Tensor, pred_instances: List[Ins
             in image order.
         pred_instances: per image, detections with ``pred_classes``; modified in place.
     """
-    pred_mask_logits = pred_mask_logits.float()  # probabilities in float32 under bf16 autocast too
+    pred_mask_logits = at_least_fp32(pred_mask_logits)  # float32 probabilities under bf16 autocast too
     if pred_mask_logits.shape[1] == 1:
         probs = pred_mask_logits.sigmoid()
     else:
