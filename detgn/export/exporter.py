@@ -159,7 +159,7 @@ def _export_program(graph: ExportableDetector, sample: torch.Tensor, min_side: i
     return export(graph, (sample, size), dynamic_shapes=dims, strict=False)
 
 
-def _onnx_bytes(program, meta_json: str) -> bytes:
+def _onnx_bytes(program, meta_json: str, optimize: bool = True) -> bytes:
     import onnx
 
     from .ops import onnx_translation_table
@@ -168,6 +168,7 @@ def _onnx_bytes(program, meta_json: str) -> bytes:
     onnx_program = torch.onnx.export(
         program, f=None, dynamo=True, opset_version=ONNX_OPSET, custom_translation_table=onnx_translation_table(),
         input_names=["image", "original_size"], output_names=names, external_data=False, verbose=False,
+        optimize=optimize,
     )
     proto = onnx_program.model_proto
     entry = proto.metadata_props.add()

@@ -76,7 +76,7 @@ def test_metadata_describes_the_model(fpn_gn):
 
 
 def test_image_with_no_detection(tmp_path):
-    cfg = export_cfg("FPN", "GN", "4conv1fc", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.999")
+    cfg = export_cfg("FPN", "GN", "2fc", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.999")
     cfg.MODEL.WEIGHTS = decisive_weights(cfg, tmp_path / "w.pth")
     folder = export_model(cfg, tmp_path / "onnx", fmt="onnx").parent
     image = make_image(110, 140)
