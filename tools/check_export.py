@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from detgn.config import ConfigError, load_config  # noqa: E402
+from detgn.config import ConfigError, load_config, parse_args_with_overrides  # noqa: E402
 from detgn.engine import Predictor  # noqa: E402
 from detgn.export import ExportedPredictor  # noqa: E402
 from detgn.export.benchmark import calibrate_frozen_bn  # noqa: E402
@@ -49,13 +49,10 @@ def parse_args(argv):
                    help="HxW,HxW,... of random test images (default: four sizes, none square)")
     p.add_argument("--input", help="test on these images instead (file, folder or glob)")
     p.add_argument("--dataset", help="also compare COCO AP on this registered dataset")
-    args, rest = p.parse_known_args(argv)
-    if any(r.startswith("--") for r in rest):
-        p.error(f"unrecognized option(s) in {rest}")
+    args = parse_args_with_overrides(p, argv)
     args.format = args.format.split(",")
     if any(f not in ("onnx", "torch_export") for f in args.format):
         p.error(f"--format takes onnx and/or torch_export, got {args.format}")
-    args.opts = rest
     return args
 
 

@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detgn.checkpoint import CheckpointError  # noqa: E402
-from detgn.config import ConfigError, load_config  # noqa: E402
+from detgn.config import ConfigError, load_config, parse_args_with_overrides  # noqa: E402
 from detgn.export import ExportError, export_model  # noqa: E402
 from detgn.export.exporter import describe  # noqa: E402
 from detgn.utils.logger import setup_logger  # noqa: E402
@@ -37,12 +37,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     p.add_argument("--format", default="onnx", choices=["onnx", "torch_export"], help="default onnx")
     p.add_argument("--output", required=True, metavar="DIR", help="the export folder (created)")
     p.add_argument("--no-verify", action="store_true", help="skip the check against the eager model")
-    args, rest = p.parse_known_args(argv)
-    unknown = [r for r in rest if r.startswith("--")]
-    if unknown:
-        p.error(f"unrecognized option(s): {' '.join(unknown)} (config overrides are KEY VALUE pairs)")
-    args.opts = rest
-    return args
+    return parse_args_with_overrides(p, argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detgn.checkpoint import CheckpointError  # noqa: E402
-from detgn.config import ConfigError, load_config  # noqa: E402
+from detgn.config import ConfigError, load_config, parse_args_with_overrides  # noqa: E402
 from detgn.data import CocoFormatError, ImageReadError  # noqa: E402
 from detgn.export import ExportError  # noqa: E402
 from detgn.export import predict as P  # noqa: E402
@@ -50,11 +50,9 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     p.add_argument("--no-draw", action="store_true", help="write only the results JSON")
     p.add_argument("--score-thresh", type=float, default=0.5, help="lowest score drawn (default 0.5)")
     p.add_argument("--threads", type=int, default=0, help="backend threads (0: its default)")
-    args, rest = p.parse_known_args(argv)
-    unknown = [r for r in rest if r.startswith("--")]
-    if unknown or (rest and not args.config):
-        p.error(f"unrecognized argument(s): {' '.join(rest)} (KEY VALUE overrides go with --config)")
-    args.opts = rest
+    args = parse_args_with_overrides(p, argv)
+    if args.opts and not args.config:
+        p.error(f"unrecognized argument(s): {' '.join(args.opts)} (KEY VALUE overrides go with --config)")
     return args
 
 

@@ -27,7 +27,7 @@ from typing import List, Optional, Sequence
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detgn.checkpoint import CheckpointError  # noqa: E402
-from detgn.config import ConfigError, load_config  # noqa: E402
+from detgn.config import ConfigError, load_config, parse_args_with_overrides  # noqa: E402
 from detgn.data import CocoFormatError, DatasetCatalog, ImageReadError  # noqa: E402
 from detgn.engine import Predictor  # noqa: E402
 from detgn.engine.visualize import class_names_for, list_images, visualize_dataset, visualize_files  # noqa: E402
@@ -58,13 +58,7 @@ def argument_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Optional[Sequence[str]] = None):
     """Options plus the ``KEY VALUE`` overrides (``args.opts``), wherever they stand."""
-    parser = argument_parser()
-    args, rest = parser.parse_known_args(argv)
-    unknown = [r for r in rest if r.startswith("--")]
-    if unknown:
-        parser.error(f"unrecognized option(s): {' '.join(unknown)} (config overrides are KEY VALUE pairs)")
-    args.opts = rest
-    return args
+    return parse_args_with_overrides(argument_parser(), argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

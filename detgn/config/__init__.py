@@ -6,6 +6,7 @@ from .config import (
     load_yaml_with_base,
     merge_from_file,
     merge_from_list,
+    parse_args_with_overrides,
     resolve_config_path,
     validate_config,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "load_yaml_with_base",
     "merge_from_file",
     "merge_from_list",
+    "parse_args_with_overrides",
     "resolve_config_path",
     "validate_config",
 ]

@@ -333,3 +333,14 @@ def load_config(name: Optional[str] = None, opts: Sequence[str] = (), freeze: bo
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def parse_args_with_overrides(parser, argv=None):
+    """``parser.parse_known_args`` plus the config's ``KEY VALUE`` overrides (``args.opts``), wherever
+    they stand on the line; an unknown ``--option`` is a usage error (exit 2)."""
+    args, rest = parser.parse_known_args(argv)
+    unknown = [r for r in rest if r.startswith("--")]
+    if unknown:
+        parser.error(f"unrecognized option(s): {' '.join(unknown)} (config overrides are KEY VALUE pairs)")
+    args.opts = rest
+    return args

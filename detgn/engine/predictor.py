@@ -3,7 +3,9 @@
 Every inference path uses this module: ``tools/visualize.py``, ``tools/train_net.py
 --eval-only``, the demo's pictures, and :func:`detgn.zoo.get` (which stops after
 :func:`build_and_load_model`). Building goes through :func:`detgn.modeling.build_model`,
-so device placement and ``CPU.CHANNELS_LAST`` are those of training.
+so device placement and ``CPU.CHANNELS_LAST`` are those of training, and ``CPU.BF16`` (auto: bf16
+autocast on CPUs with native bf16, see :mod:`detgn.utils.cpu`) applies to its forward. To run a
+model outside detgn, export it (:mod:`detgn.export`): ``ExportedPredictor`` is called the same way.
 
     predictor = Predictor(cfg)                  # MODEL.WEIGHTS, eval mode
     instances = predictor(cv2.imread("a.jpg"))  # Instances at the image's size, on the CPU

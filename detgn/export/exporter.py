@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 import detgn
-from detgn.utils.file_io import atomic_write, atomic_write_bytes, atomic_write_json
+from detgn.utils.file_io import atomic_write_bytes, atomic_write_json
 
 from .compare import match_detections
 from .graph import OUTPUT_NAMES, ExportableDetector
