@@ -21,14 +21,14 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from .compare import match_detections
 
-__all__ = ["BENCH_BACKENDS", "benchmark_backends", "calibrate_frozen_bn"]
+__all__ = ["BENCH_BACKENDS", "benchmark_backends", "calibrate_frozen_bn", "make_random_weights_decisive"]
 
 BENCH_BACKENDS = ("torch", "torch_bf16", "onnxruntime", "openvino", "openvino_bf16", "torch_export")
 
@@ -64,6 +64,26 @@ def calibrate_frozen_bn(model: torch.nn.Module, image: np.ndarray) -> int:
     return len(handles)
 
 
+@torch.no_grad()
+def make_random_weights_decisive(model: torch.nn.Module, image: Optional[np.ndarray] = None) -> None:
+    """Make a randomly initialised detector's outputs as distinct as a trained one's.
+
+    Random weights give every class a probability near 1/(K+1) and every mask pixel a
+    probability near 0.5 +- 1e-6, where the last bit of any float sum reorders detections and
+    flips pixels; equality checks and benchmarks on such a model measure noise. This scales the
+    class logits x30 and the mask logits x300 (trained heads' logits are that far from 0) and,
+    given an image, sets frozen-BN statistics from it (:func:`calibrate_frozen_bn`). Used only
+    where no weights are given (``tools/check_export.py``, ``tools/benchmark.py --backend``).
+    """
+    if image is not None:
+        calibrate_frozen_bn(model, image)
+    heads = model.roi_heads
+    heads.box_predictor.cls_score.weight.mul_(30.0)
+    mask_head = getattr(heads, "mask_head", None)
+    if mask_head is not None:
+        mask_head.mask_fcn_logits.weight.mul_(300.0)
+
+
 def _eager(cfg, bf16: bool):
     from detgn.engine.predictor import Predictor
 
@@ -78,7 +98,7 @@ def benchmark_backends(cfg, backends: Sequence[str], *, height: int, width: int,
     """Median s/image of each backend on ``iters`` random (height, width) images (after ``warmup``).
 
     The config's weights are used when MODEL.WEIGHTS is set, else a seeded random initialisation
-    (frozen BN statistics set by :func:`calibrate_frozen_bn`).
+    made decisive by :func:`make_random_weights_decisive`.
     Returns one dict per backend: ``s_per_image`` (median), min, max, ``images_per_s``, the
     match against ``torch`` (``matches_fp32``, ``max_score_err``, ``min_mask_iou``), and the
     ratio to ``torch``'s median.
@@ -92,7 +112,7 @@ def benchmark_backends(cfg, backends: Sequence[str], *, height: int, width: int,
     model = predictors["torch"].model
     rng = np.random.default_rng(seed)
     if not cfg.MODEL.WEIGHTS:
-        calibrate_frozen_bn(model, rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        make_random_weights_decisive(model, rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
     exported = {}
     with tempfile.TemporaryDirectory(prefix="detgn_bench_") as tmp:
         for b in backends[1:]:

@@ -4,8 +4,8 @@ Two backends may order detections whose scores agree to ~1e-7 differently (float
 another order), so detections are matched one to one, not compared by position: each
 detection of the reference needs its own detection in the other set with the same class, a
 box within ``box_tol`` px in every coordinate and a score within ``score_tol``. Masks of
-matched pairs are compared by IoU (pasted bool masks) or by the largest difference
-(M x M probabilities).
+matched pairs are compared by IoU (pasted bool masks, or M x M probabilities thresholded at
+0.5, whose largest difference is reported too).
 """
 from __future__ import annotations
 
@@ -30,14 +30,13 @@ class DetectionMatch:
     unmatched: List[int] = field(default_factory=list)  # reference detections without a partner
     max_box_err: float = 0.0
     max_score_err: float = 0.0
-    min_mask_iou: Optional[float] = None  # bool masks
-    max_mask_err: Optional[float] = None  # probability masks
+    min_mask_iou: Optional[float] = None  # bool masks, or probability masks at 0.5
+    max_mask_err: Optional[float] = None  # probability masks: largest difference
 
     @property
     def ok(self) -> bool:
         """Same count, every detection matched, masks within the limits."""
-        masks_ok = (self.min_mask_iou is None or self.min_mask_iou >= MASK_IOU_MIN) and \
-                   (self.max_mask_err is None or self.max_mask_err <= 1e-3)
+        masks_ok = self.min_mask_iou is None or self.min_mask_iou >= MASK_IOU_MIN
         return self.count_ref == self.count_other and not self.unmatched and masks_ok
 
     def summary(self) -> str:
@@ -86,14 +85,14 @@ def match_detections(ref_boxes, ref_scores, ref_classes, boxes, scores, classes,
         result.max_score_err = max(result.max_score_err, float(score_err[j]))
     rm, om = _np(ref_masks), _np(masks)
     if rm is not None and om is not None and pairs:
-        if rm.dtype == bool:
-            ious = []
-            for i, j in pairs:
-                union = np.logical_or(rm[i], om[j]).sum()
-                ious.append(1.0 if union == 0 else np.logical_and(rm[i], om[j]).sum() / union)
-            result.min_mask_iou = float(min(ious))
-        else:
+        if rm.dtype != bool:  # M x M probabilities: their largest difference, and IoU of the masks at 0.5
             result.max_mask_err = float(max(np.abs(rm[i].astype(np.float64) - om[j]).max() for i, j in pairs))
+            rm, om = rm >= 0.5, om >= 0.5
+        ious = []
+        for i, j in pairs:
+            union = np.logical_or(rm[i], om[j]).sum()
+            ious.append(1.0 if union == 0 else np.logical_and(rm[i], om[j]).sum() / union)
+        result.min_mask_iou = float(min(ious))
     return result
 
 

@@ -16,6 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "modeling"))
 from detector_testdata import tiny_cfg  # noqa: E402
 
+from detgn.export.benchmark import make_random_weights_decisive  # noqa: E402
 from detgn.export.compare import match_detections  # noqa: E402
 from detgn.layers import FrozenBatchNorm2d  # noqa: E402
 from detgn.modeling import build_model  # noqa: E402
@@ -42,9 +43,7 @@ def decisive_weights(cfg, path, seed: int = 3) -> str:
         for m in model.modules():
             if isinstance(m, (FrozenBatchNorm2d, torch.nn.modules.batchnorm._BatchNorm)):
                 m.running_var.fill_(4.0)  # random convs without normalisation would blow up
-        model.roi_heads.box_predictor.cls_score.weight.mul_(30.0)
-        if cfg.MODEL.MASK_ON:
-            model.roi_heads.mask_head.mask_fcn_logits.weight.mul_(300.0)
+    make_random_weights_decisive(model)
     torch.save({"model": model.state_dict()}, path)
     return str(path)
 
