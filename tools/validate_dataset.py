@@ -10,7 +10,8 @@ categories, annotations of missing images, duplicate annotation ids), invalid or
 duplicate image records, files with no ``annotations`` (image-info files such as
 ``image_info_test2017.json``, which cannot be trained or evaluated on), and image files
 that are missing, undecodable, or whose size differs from the JSON. Images without
-annotations are listed as information, not as problems. The summary says which
+annotations and box-only annotations (no segmentation: no mask target in training) are listed
+as information, not as problems. The summary says which
 problems the default ``DATASETS.ON_BAD_ANNOTATION`` (drop_degenerate) drops or repairs
 by itself and which would stop loading.
 Exit code: 0 clean, 1 problems found, 2 the JSON itself cannot be read.
@@ -111,6 +112,13 @@ def validate(json_file: str, image_root: str, *, check_files: bool = True, quick
         shown = ", ".join(str(i) for i in empty[:50]) + (" ..." if len(empty) > 50 else "")
         print(f"INFO: {len(empty)} image(s) without a non-crowd annotation (kept at test time, "
               f"filtered in training by DATALOADER.FILTER_EMPTY_ANNOTATIONS): image ids {shown}", file=out)
+    box_only = [(a["id"], img_id) for img_id, anns in scan.annotations.items() for a in anns
+                if not a["iscrowd"] and "segmentation" not in a]
+    if box_only:
+        shown = ", ".join(f"{a} (image {i})" for a, i in box_only[:50]) + (" ..." if len(box_only) > 50 else "")
+        print(f"INFO: {len(box_only)} box-only annotation(s) (no segmentation, e.g. \"segmentation\": []) in "
+              f"{len({i for _, i in box_only})} image(s): with MODEL.MASK_ON they take part in the RPN and box losses "
+              f"and are left out of the mask loss (no mask target is made for them): ids {shown}", file=out)
     if n_problems:
         counts = ", ".join(f"{len(v)} {k}" for k, v in groups.items())
         print(f"SUMMARY: {n_problems} problem(s): {counts}.", file=out)
@@ -118,7 +126,8 @@ def validate(json_file: str, image_root: str, *, check_files: bool = True, quick
         return 1
     kept = sum(len(v) for v in scan.annotations.values())
     files = "image files checked" if check_files else "image files NOT checked (--no-images)"
-    print(f"SUMMARY: clean: {len(scan.images)} images, {kept} annotations, {files}.", file=out)
+    masks = f" ({len(box_only)} of them box-only, without a mask)" if box_only else ""
+    print(f"SUMMARY: clean: {len(scan.images)} images, {kept} annotations{masks}, {files}.", file=out)
     return 0
 
 

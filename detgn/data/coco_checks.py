@@ -10,7 +10,7 @@ problem.
 Conventions: a box overshooting the image by at most :data:`BOX_OVERSHOOT_TOLERANCE`
 px is clipped silently (annotation tools round that way); further out it is clipped
 and reported; ``"segmentation": []`` (box-only exports) means the annotation has no
-segmentation.
+segmentation (in training: box losses, no mask target; see ``DatasetMapper``).
 """
 from __future__ import annotations
 

@@ -228,22 +228,19 @@ class DatasetMapper:
         classes = torch.tensor([a["category_id"] for a in anns], dtype=torch.int64)
         inst = Instances(size, gt_boxes=boxes, gt_classes=classes)
         if self.mask_on and anns:
-            with_segm = [("segmentation" in a) for a in anns]
-            if all(with_segm):
-                inst.gt_masks = self._masks(anns, tf)
-            elif any(with_segm):
-                raise ValueError(
-                    f"{record['file_name']} (image id {record.get('image_id')}): some annotations have a segmentation "
-                    "and some do not; give every annotation one, or set MODEL.MASK_ON False"
-                )
+            # A box-only annotation ("segmentation": [] in the file) gets an empty mask and
+            # gt_has_mask False: it takes part in the RPN and box losses, not in the mask loss.
+            inst.gt_masks = self._masks(anns, tf)
+            inst.gt_has_mask = torch.tensor([("segmentation" in a) for a in anns], dtype=torch.bool)
         elif self.mask_on:
             empty = BitMasks(torch.zeros(0, *size, dtype=torch.bool))
             inst.gt_masks = PolygonMasks([]) if self.mask_format == "polygon" else empty
+            inst.gt_has_mask = torch.zeros(0, dtype=torch.bool)
         # Resizing can shrink a thin box to nothing; such a box gives no training signal.
         return inst[boxes.nonempty()]
 
     def _masks(self, anns: List[dict], tf: ResizeFlip):
-        segms = [a["segmentation"] for a in anns]
+        segms = [a.get("segmentation", []) for a in anns]  # [] (no polygon): an empty mask
         if self.mask_format == "polygon" and not any(isinstance(s, dict) for s in segms):
             return PolygonMasks([tf.apply_polygons(s) for s in segms])
         masks = np.zeros((len(segms), tf.new_height, tf.new_width), dtype=bool)

@@ -176,12 +176,18 @@ def test_from_config_and_argument_checks():
 
 
 def test_box_only_annotations_and_mask_off(records):
+    """A box-only annotation keeps its box and gets an empty mask flagged gt_has_mask False
+    (left out of the mask loss), alone or beside annotations with masks, polygon or bitmask."""
     rec = dict(records[106], annotations=[{k: v for k, v in a.items() if k != "segmentation"}
                                           for a in records[106]["annotations"]])
     inst = _mapper()(rec, rng=np.random.default_rng(0))["instances"]
-    assert len(inst) == 2 and not inst.has("gt_masks")
+    assert len(inst) == 2 and inst.has("gt_masks") and inst.gt_has_mask.tolist() == [False, False]
     inst = _mapper(mask_on=False)(records[106], rng=np.random.default_rng(0))["instances"]
-    assert len(inst) == 2 and not inst.has("gt_masks")
+    assert len(inst) == 2 and not inst.has("gt_masks") and not inst.has("gt_has_mask")
     rec["annotations"][0]["segmentation"] = records[106]["annotations"][0]["segmentation"]
-    with pytest.raises(ValueError, match="image id 106.*some annotations have a segmentation"):
-        _mapper()(rec, rng=np.random.default_rng(0))
+    for fmt in ("polygon", "bitmask"):
+        inst = _mapper(mask_format=fmt)(rec, rng=np.random.default_rng(0))["instances"]
+        assert inst.gt_has_mask.tolist() == [True, False]
+        boxes = inst.gt_boxes.tensor
+        targets = inst.gt_masks.crop_and_resize(boxes, 14)
+        assert targets[0].sum() > 0 and targets[1].sum() == 0

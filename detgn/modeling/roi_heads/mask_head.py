@@ -20,7 +20,8 @@ from detgn.structures import Instances
 
 
 def mask_rcnn_loss(
-    pred_mask_logits: torch.Tensor, gt_classes: torch.Tensor, gt_mask_targets: torch.Tensor
+    pred_mask_logits: torch.Tensor, gt_classes: torch.Tensor, gt_mask_targets: torch.Tensor,
+    has_mask: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Per-pixel binary cross-entropy of each RoI's ground-truth-class mask.
 
@@ -29,8 +30,11 @@ def mask_rcnn_loss(
         gt_classes: (R,) int64 ground-truth class of each (foreground) RoI.
         gt_mask_targets: (R, M, M) targets in [0, 1] (the ground-truth mask
             cropped to the RoI and resized to M x M).
+        has_mask: (R,) bool, False for RoIs whose ground truth has no mask (a box-only
+            annotation): they are left out of the loss (None: every RoI has one).
     Returns:
-        scalar mean over R * M * M pixels; 0 (connected to the logits) when R == 0.
+        scalar mean over the R * M * M pixels of the RoIs with a mask; 0 (connected to the
+        logits) when there is none.
     """
     num_rois = pred_mask_logits.shape[0]
     if num_rois == 0:
@@ -43,24 +47,39 @@ def mask_rcnn_loss(
         logits = pred_mask_logits[:, 0]
     else:
         logits = pred_mask_logits[torch.arange(num_rois, device=pred_mask_logits.device), gt_classes]
-    return F.binary_cross_entropy_with_logits(logits, gt_mask_targets.to(logits.dtype), reduction="mean")
+    targets = gt_mask_targets.to(logits.dtype)
+    if has_mask is None:
+        return F.binary_cross_entropy_with_logits(logits, targets, reduction="mean")
+    # A 0/1 weight per RoI instead of indexing: no host sync for the count of RoIs kept.
+    weight = has_mask.to(logits.dtype)[:, None, None].expand_as(logits)
+    total = F.binary_cross_entropy_with_logits(logits, targets, weight=weight, reduction="sum")
+    return total / weight.sum().clamp(min=1.0)
 
 
-def mask_rcnn_targets(instances: List[Instances], mask_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Ground-truth classes (R,) and M x M mask targets (R, M, M) of foreground RoIs.
+def mask_rcnn_targets(
+    instances: List[Instances], mask_size: int
+) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Ground-truth classes (R,), M x M mask targets (R, M, M) and has-mask flags (R,) of foreground RoIs.
 
     Each Instances holds the foreground proposals of one image with ``proposal_boxes``,
-    ``gt_classes`` and ``gt_masks`` (the matched ground truth, PolygonMasks or BitMasks).
+    ``gt_classes``, ``gt_masks`` (the matched ground truth, PolygonMasks or BitMasks) and, from
+    the mapper, ``gt_has_mask``. The flags are None when no image carries ``gt_has_mask``
+    (every RoI then counts as having a mask).
     """
-    classes, targets = [], []
+    classes, targets, has = [], [], []
+    flagged = any(inst.has("gt_has_mask") for inst in instances)
     for inst in instances:
         if len(inst) == 0:
             continue
         classes.append(inst.gt_classes)
         targets.append(inst.gt_masks.crop_and_resize(inst.proposal_boxes.tensor, mask_size).to(inst.gt_classes.device))
+        if flagged:
+            has.append(inst.gt_has_mask.to(inst.gt_classes.device) if inst.has("gt_has_mask")
+                       else torch.ones(len(inst), dtype=torch.bool, device=inst.gt_classes.device))
     if not classes:
-        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, mask_size, mask_size)
-    return torch.cat(classes), torch.cat(targets)
+        return (torch.zeros(0, dtype=torch.int64), torch.zeros(0, mask_size, mask_size),
+                torch.zeros(0, dtype=torch.bool) if flagged else None)
+    return torch.cat(classes), torch.cat(targets), torch.cat(has) if flagged else None
 
 
 def mask_rcnn_fg_loss(pred_mask_logits: torch.Tensor, fg_instances: List[Instances]) -> torch.Tensor:
@@ -70,13 +89,15 @@ def mask_rcnn_fg_loss(pred_mask_logits: torch.Tensor, fg_instances: List[Instanc
         pred_mask_logits: (R, K, M, M) (or (R, 1, M, M)) logits of the foreground RoIs, in
             the order of ``fg_instances`` (image by image).
         fg_instances: per image the foreground RoIs (``proposal_boxes``, ``gt_classes``,
-            ``gt_masks``), as :func:`~.roi_heads.select_foreground_proposals` gives them.
+            ``gt_masks``, ``gt_has_mask``), as :func:`~.roi_heads.select_foreground_proposals` gives them.
     Returns:
-        the scalar loss (0, connected to the logits, when R == 0).
+        the scalar loss over the RoIs whose ground truth has a mask (0, connected to the
+        logits, when there is none).
     """
-    gt_classes, gt_masks = mask_rcnn_targets(fg_instances, pred_mask_logits.shape[-1])
+    gt_classes, gt_masks, has_mask = mask_rcnn_targets(fg_instances, pred_mask_logits.shape[-1])
     device = pred_mask_logits.device
-    return mask_rcnn_loss(pred_mask_logits, gt_classes.to(device), gt_masks.to(device))
+    return mask_rcnn_loss(pred_mask_logits, gt_classes.to(device), gt_masks.to(device),
+                          None if has_mask is None else has_mask.to(device))
 
 
 def mask_rcnn_inference(pred_mask_logits: torch.Tensor, pred_instances: List[Instances]) -> None:
