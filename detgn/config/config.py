@@ -311,6 +311,8 @@ def validate_config(cfg: CN) -> None:
             f"DATASETS.ON_BAD_ANNOTATION must be 'drop_degenerate' (default), 'error' or 'skip', "
             f"got {cfg.DATASETS.ON_BAD_ANNOTATION!r}"
         )
+    if cfg.INPUT.RESIZE_TEST not in ("opencv", "torchvision"):
+        raise ConfigError(f"INPUT.RESIZE_TEST must be 'opencv' or 'torchvision', got {cfg.INPUT.RESIZE_TEST!r}")
     if cfg.SOLVER.ON_SCHEDULE_CHANGE not in ("apply", "refuse"):
         raise ConfigError("SOLVER.ON_SCHEDULE_CHANGE must be 'apply' or 'refuse'")
     if cfg.SOLVER.IMS_PER_GPU < 1:

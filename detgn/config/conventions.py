@@ -50,6 +50,8 @@ CONVENTIONS: Dict[str, Dict[str, Any]] = {
         "MODEL.RPN.POST_NMS_TOPK_TRAIN": 2000,
         "MODEL.ROI_MASK_HEAD.PREDICTOR_INIT": "msra",
         "MODEL.ROI_MASK_HEAD.PASTE_METHOD": "torchvision",
+        "INPUT.RESIZE_TEST": "torchvision",  # GeneralizedRCNNTransform: float interpolate, floored sides
+        "MODEL.ANCHOR_GENERATOR.STRIDES_FROM_IMAGE_SIZE": True,  # padded size // feature map size
     },
 }
 

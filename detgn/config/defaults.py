@@ -157,6 +157,10 @@ _C.MODEL.ANCHOR_GENERATOR.OFFSET = 0.0
 # Round the cell anchors to whole pixels (torchvision's AnchorGenerator does): P2's
 # ratio-0.5 anchor becomes [-23, -11, 23, 11] instead of [-22.63, -11.31, 22.63, 11.31].
 _C.MODEL.ANCHOR_GENERATOR.ROUND_CELL_ANCHORS = False
+# Each level's stride from the padded image: (padded height // map height, padded width //
+# map width), as torchvision's AnchorGenerator computes it (an 800-px side padded to 800 gives a
+# P6 map of 13 and a stride of 61, not 64). False: the backbone's nominal strides (detectron2).
+_C.MODEL.ANCHOR_GENERATOR.STRIDES_FROM_IMAGE_SIZE = False
 
 # ---------------------------------------------------------------------------- #
 # RPN
@@ -270,6 +274,11 @@ _C.INPUT.MAX_SIZE_TRAIN = 1333
 # Shorter side and longer side cap at test time.
 _C.INPUT.MIN_SIZE_TEST = 800
 _C.INPUT.MAX_SIZE_TEST = 1333
+# How test images are resized: "opencv" (the mapper resizes the uint8 image, sides rounded:
+# 480x640 -> 800x1067) or "torchvision" (the model resizes the normalised float image with
+# bilinear interpolation and torchvision's scale-factor rule, sides floored: 480x640 ->
+# 800x1066, as GeneralizedRCNNTransform). Training always resizes in the mapper.
+_C.INPUT.RESIZE_TEST = "opencv"
 # Probability of a horizontal flip in training.
 _C.INPUT.RANDOM_FLIP = 0.5
 # Channel order the model sees: "BGR" (Caffe2 / Detectron weights) or "RGB".

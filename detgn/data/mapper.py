@@ -120,6 +120,8 @@ class DatasetMapper:
         image_format: "BGR" (OpenCV, Detectron weights) or "RGB".
         mask_format: "polygon" (PolygonMasks; RLE annotations still give BitMasks) or "bitmask".
         mask_on: build ``gt_masks`` (False skips them for box-only training).
+        resize_test_in_model: at test time leave the image at its size: the model resizes it
+            (INPUT.RESIZE_TEST "torchvision").
     Returns (from ``__call__``):
         ``{"image": (3, H', W') uint8 tensor, "height": H, "width": W, "image_id",
         "file_name", "instances": Instances(image_size=(H', W'))}`` (instances in training only).
@@ -137,6 +139,7 @@ class DatasetMapper:
         image_format: str = "BGR",
         mask_format: str = "polygon",
         mask_on: bool = True,
+        resize_test_in_model: bool = False,
     ):
         if image_format not in ("BGR", "RGB"):
             raise ValueError(f"image_format must be 'BGR' or 'RGB' (INPUT.FORMAT), got {image_format!r}")
@@ -157,6 +160,7 @@ class DatasetMapper:
         self.image_format = image_format
         self.mask_format = mask_format
         self.mask_on = mask_on
+        self.resize_test_in_model = bool(resize_test_in_model)
 
     @classmethod
     def from_config(cls, cfg, is_train: bool) -> "DatasetMapper":
@@ -170,11 +174,14 @@ class DatasetMapper:
             image_format=cfg.INPUT.FORMAT,
             mask_format=cfg.INPUT.MASK_FORMAT,
             mask_on=cfg.MODEL.MASK_ON,
+            resize_test_in_model=cfg.INPUT.RESIZE_TEST == "torchvision",
         )
 
     def transform_for(self, height: int, width: int, rng: Optional[np.random.Generator] = None) -> ResizeFlip:
         """The resize (and, in training, flip) applied to an image of this size."""
         if not self.is_train:
+            if self.resize_test_in_model:
+                return ResizeFlip(height, width, height, width, False)
             new_h, new_w = resized_shape(height, width, self.min_size_test, self.max_size_test)
             return ResizeFlip(height, width, new_h, new_w, False)
         # Without a generator, fresh OS entropy (never a global RNG); loaders always pass one.

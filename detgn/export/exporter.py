@@ -206,6 +206,12 @@ def export_detector(
     """
     if fmt not in MODEL_FILES:
         raise ExportError(f"--format must be one of {sorted(MODEL_FILES)}, got {fmt!r}")
+    if getattr(model, "test_resize", None) is not None:
+        raise ExportError(
+            "INPUT.RESIZE_TEST torchvision (the model resizes the float image itself) cannot be exported yet: "
+            "the runtime resizes with OpenCV. Export with INPUT.RESIZE_TEST opencv (detections then follow "
+            "detgn's resize, not torchvision's). Nothing was written"
+        )
     model = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
     for p in model.parameters():
         p.requires_grad_(False)

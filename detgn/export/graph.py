@@ -81,11 +81,11 @@ class ExportableDetector(nn.Module):
         x = F.pad(x, (0, (w + d - 1) // d * d - w, 0, (h + d - 1) // d * d - h), value=0.0)
         return x[None]
 
-    def _proposals(self, features: Dict[str, torch.Tensor], height, width) -> torch.Tensor:
+    def _proposals(self, features: Dict[str, torch.Tensor], height, width, padded) -> torch.Tensor:
         """(P, 4) proposals of the image, by decreasing objectness (``RPN.predict_proposals``)."""
         rpn = self.model.proposal_generator
         feats = [features[f] for f in rpn.in_features]
-        anchors = rpn.anchor_generator(feats)
+        anchors = rpn.anchor_generator(feats, padded)
         logits, deltas = rpn.rpn_head(feats)
         pre_topk, post_topk = rpn.pre_nms_topk[False], rpn.post_nms_topk[False]
         boxes_l, logits_l, levels = [], [], []
@@ -155,8 +155,9 @@ class ExportableDetector(nn.Module):
     def forward(self, image: torch.Tensor, original_size: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """See the module docstring: (boxes, scores, classes[, mask_probs])."""
         height, width = image.shape[-2], image.shape[-1]
-        features = self.model.backbone(self._normalize_and_pad(image))
-        proposals = self._proposals(features, height, width)
+        x = self._normalize_and_pad(image)
+        features = self.model.backbone(x)
+        proposals = self._proposals(features, height, width, x.shape[-2:])
         boxes, scores, classes = self._detections(features, proposals, height, width)
         outputs: List[torch.Tensor] = []
         if self.mask_on:

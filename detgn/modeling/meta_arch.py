@@ -7,9 +7,10 @@ at the original (height, width) in inference.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from detgn.layers.batch_norm import pop_evalnorm_loss
@@ -50,6 +51,16 @@ def detector_postprocess(
     return out
 
 
+def resize_like_torchvision(image: torch.Tensor, min_size: int, max_size: int) -> torch.Tensor:
+    """(C, H, W) float image resized as torchvision's ``GeneralizedRCNNTransform`` resizes at test
+    time: scale = min(min_size / short side, max_size / long side), bilinear ``interpolate`` with
+    ``recompute_scale_factor`` (sides floored: 480x640 -> 800x1066), on the normalised image."""
+    h, w = image.shape[-2:]
+    scale = min(min_size / min(h, w), max_size / max(h, w))
+    return F.interpolate(image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True,
+                         align_corners=False)[0]
+
+
 class GeneralizedRCNN(nn.Module):
     """Mask R-CNN / Faster R-CNN.
 
@@ -62,6 +73,9 @@ class GeneralizedRCNN(nn.Module):
         mask_on: whether ``roi_heads`` predicts masks (checked against it).
         mask_paste: how masks are pasted into the image ("grid_sample", "detectron",
             "torchvision"; MODEL.ROI_MASK_HEAD.PASTE_METHOD).
+        test_resize: (min_size, max_size) to resize test images inside the model, after
+            normalisation, as torchvision's GeneralizedRCNNTransform does (INPUT.RESIZE_TEST
+            "torchvision"); None: the mapper has resized them.
         inference_bf16: run inference on the CPU under bfloat16 autocast (CPU.BF16, resolved by
             :func:`detgn.utils.cpu.resolve_bf16`); proposals, scores, boxes and mask
             probabilities are still computed in float32 from the network's outputs.
@@ -79,8 +93,10 @@ class GeneralizedRCNN(nn.Module):
         mask_on: bool = True,
         mask_paste: str = "grid_sample",
         inference_bf16: bool = False,
+        test_resize: Optional[Tuple[int, int]] = None,
     ):
         super().__init__()
+        self.test_resize = tuple(test_resize) if test_resize else None
         self.inference_bf16 = bool(inference_bf16)
         from detgn.layers.mask_ops import PASTE_METHODS
 
@@ -123,7 +139,10 @@ class GeneralizedRCNN(nn.Module):
                     f"batch item {i} ({x.get('file_name', 'no file_name')}): 'image' must be "
                     f"({self.pixel_mean.shape[0]}, H, W), got {tuple(img.shape)}"
                 )
-            images.append((img.to(self.device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std)
+            x = (img.to(self.device, non_blocking=True).to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
+            if self.test_resize is not None and not self.training:
+                x = resize_like_torchvision(x, *self.test_resize)
+            images.append(x)
         return ImageList.from_tensors(images, self.size_divisibility, pad_value=0.0)
 
     def _gt_instances(self, batched_inputs: List[Dict]) -> List[Instances]:
@@ -207,4 +226,6 @@ class GeneralizedRCNN(nn.Module):
             mask_on=cfg.MODEL.MASK_ON,
             mask_paste=cfg.MODEL.ROI_MASK_HEAD.PASTE_METHOD,
             inference_bf16=bf16.enabled,
+            test_resize=((cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+                         if cfg.INPUT.RESIZE_TEST == "torchvision" else None),
         )

@@ -49,6 +49,8 @@ def outputs(tmp_path_factory):
     cfg = load_config("gn_paper/mask_rcnn_R_50_FPN_BNstar_2x.yaml", [
         "MODEL.WEIGHTS", "", "MODEL.CONVENTION", "torchvision", "MODEL.ROI_HEADS.NUM_CLASSES", str(NUM_FG),
         "MODEL.PIXEL_MEAN", "[0.0, 0.0, 0.0]", "MODEL.PIXEL_STD", "[1.0, 1.0, 1.0]", "VERBOSE_STARTUP", "False",
+        # torchvision's transform has min_size H, max_size W: the model's resize keeps the image as it is.
+        "INPUT.MIN_SIZE_TEST", str(H), "INPUT.MAX_SIZE_TEST", str(W),
     ])
     ours = build_model(cfg).eval()
     report = load_weights(ours, str(path))

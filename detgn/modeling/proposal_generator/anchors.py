@@ -15,7 +15,7 @@ An anchor of size s and aspect ratio r (= height / width) has area s^2:
 from __future__ import annotations
 
 import math
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -63,6 +63,8 @@ class DefaultAnchorGenerator(nn.Module):
         strides: input pixels per feature pixel, one per feature map.
         offset: centre of the first anchor, as a fraction of the stride (0 or 0.5).
         round_to_pixels: round the cell anchors to integers (torchvision's convention).
+        strides_from_image_size: take each level's stride from the padded image, (H // h_l,
+            W // w_l), as torchvision's AnchorGenerator does, instead of ``strides``.
     """
 
     def __init__(
@@ -73,8 +75,10 @@ class DefaultAnchorGenerator(nn.Module):
         strides: Sequence[int],
         offset: float = 0.0,
         round_to_pixels: bool = False,
+        strides_from_image_size: bool = False,
     ):
         super().__init__()
+        self.strides_from_image_size = bool(strides_from_image_size)
         n = len(strides)
         sizes = _broadcast_per_level(sizes, n, "MODEL.ANCHOR_GENERATOR.SIZES")
         aspect_ratios = _broadcast_per_level(aspect_ratios, n, "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS")
@@ -99,29 +103,41 @@ class DefaultAnchorGenerator(nn.Module):
         """Anchors per location, one count per feature map."""
         return [len(s) * len(r) for s, r in zip(self.sizes, self.aspect_ratios)]
 
-    def grid_anchors(self, grid_sizes: Sequence[Sequence[int]]) -> List[torch.Tensor]:
-        """(H * W * A, 4) anchors per level for feature maps of the given (H, W)."""
+    def grid_anchors(self, grid_sizes: Sequence[Sequence[int]], strides=None) -> List[torch.Tensor]:
+        """(H * W * A, 4) anchors per level for feature maps of the given (H, W).
+
+        ``strides``: per level a stride or a (stride_y, stride_x) pair; default ``self.strides``.
+        """
         out = []
-        for (h, w), stride, cell in zip(grid_sizes, self.strides, self.cell_anchors):
+        strides = self.strides if strides is None else strides
+        for (h, w), stride, cell in zip(grid_sizes, strides, self.cell_anchors):
+            stride_y, stride_x = stride if isinstance(stride, (tuple, list)) else (stride, stride)
             device = cell.device
-            xs = (torch.arange(w, dtype=torch.float32, device=device) + self.offset) * stride
-            ys = (torch.arange(h, dtype=torch.float32, device=device) + self.offset) * stride
+            xs = (torch.arange(w, dtype=torch.float32, device=device) + self.offset) * stride_x
+            ys = (torch.arange(h, dtype=torch.float32, device=device) + self.offset) * stride_y
             shift_y, shift_x = torch.meshgrid(ys, xs, indexing="ij")
             shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
             shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
             out.append((shifts[:, None, :] + cell[None, :, :]).reshape(-1, 4))
         return out
 
-    def forward(self, features: List[torch.Tensor]) -> List[Boxes]:
+    def forward(self, features: List[torch.Tensor], image_size: Optional[Sequence[int]] = None) -> List[Boxes]:
         """Anchors for (N, C, H_l, W_l) feature maps; shared by every image of the batch.
 
+        Args:
+            image_size: (H, W) of the padded batch; needed with ``strides_from_image_size``.
         Returns:
             one ``Boxes`` of (H_l * W_l * A_l) anchors per level.
         """
         if len(features) != len(self.strides):
             raise ValueError(f"{len(features)} feature maps for {len(self.strides)} anchor strides")
         grid_sizes = [tuple(f.shape[-2:]) for f in features]
-        return [Boxes(a) for a in self.grid_anchors(grid_sizes)]
+        strides = None
+        if self.strides_from_image_size:
+            if image_size is None:
+                raise ValueError("strides_from_image_size needs the padded image size")
+            strides = [(image_size[0] // h, image_size[1] // w) for h, w in grid_sizes]
+        return [Boxes(a) for a in self.grid_anchors(grid_sizes, strides)]
 
 
 def build_anchor_generator(cfg, input_shape: List[ShapeSpec]) -> DefaultAnchorGenerator:
@@ -132,4 +148,5 @@ def build_anchor_generator(cfg, input_shape: List[ShapeSpec]) -> DefaultAnchorGe
         strides=[s.stride for s in input_shape],
         offset=cfg.MODEL.ANCHOR_GENERATOR.OFFSET,
         round_to_pixels=cfg.MODEL.ANCHOR_GENERATOR.ROUND_CELL_ANCHORS,
+        strides_from_image_size=cfg.MODEL.ANCHOR_GENERATOR.STRIDES_FROM_IMAGE_SIZE,
     )

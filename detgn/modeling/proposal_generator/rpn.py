@@ -263,7 +263,7 @@ class RPN(nn.Module):
                 (``rpn/num_pos_anchors``, ``rpn/num_neg_anchors``).
         """
         feats = [features[f] for f in self.in_features]
-        anchors = self.anchor_generator(feats)
+        anchors = self.anchor_generator(feats, images.tensor.shape[-2:])
         logits, deltas = self.rpn_head(feats)
         num_images = feats[0].shape[0]
         # (N, A, H, W) -> (N, H*W*A) and (N, A*4, H, W) -> (N, H*W*A, 4), anchor order.
