@@ -11,34 +11,19 @@ by 32, so neither model pads or rescales it.
 """
 import pytest
 import torch
-import torchvision
-from torchvision.models.detection import MaskRCNN
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-from torchvision.ops import FrozenBatchNorm2d
 
-from tv_weights import randomize_torchvision_maskrcnn
+from tv_weights import NUM_FG, decisive_torchvision_maskrcnn
 
 from detgn.checkpoint import load_weights
 from detgn.config import load_config
 from detgn.modeling import build_model
 
-NUM_FG = 4
 H, W = 256, 320
 
 
 def _torchvision_model():
-    torch.manual_seed(0)
-    trunk = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
-    tv = MaskRCNN(_resnet_fpn_extractor(trunk, 3), num_classes=NUM_FG + 1, min_size=H, max_size=W,
-                  image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0]).eval()
-    randomize_torchvision_maskrcnn(tv, seed=1)
-    with torch.no_grad():
-        # Decisive heads: objectness and class logits of a trained detector's spread.
-        tv.rpn.head.cls_logits.weight.mul_(30.0)
-        tv.roi_heads.box_predictor.cls_score.weight.mul_(30.0)
-        tv.roi_heads.box_predictor.bbox_pred.weight.mul_(3.0)
-        tv.roi_heads.mask_predictor.mask_fcn_logits.weight.mul_(10.0)
-    return tv
+    return decisive_torchvision_maskrcnn(min_size=H, max_size=W, image_mean=[0.0, 0.0, 0.0],
+                                         image_std=[1.0, 1.0, 1.0])
 
 
 @pytest.fixture(scope="module")

@@ -9,18 +9,12 @@ models in float64 so that the comparison measures the algorithms, not float roun
 import numpy as np
 import pytest
 import torch
-import torchvision
-from torchvision.models.detection import MaskRCNN
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-from torchvision.ops import FrozenBatchNorm2d
 
-from tv_weights import randomize_torchvision_maskrcnn
+from tv_weights import NUM_FG, decisive_torchvision_maskrcnn
 
 from detgn.checkpoint import load_weights
 from detgn.config import load_config
 from detgn.engine import Predictor
-
-NUM_FG = 4
 
 
 def _image(h, w, seed):
@@ -34,15 +28,7 @@ def _image(h, w, seed):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    torch.manual_seed(0)
-    trunk = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
-    tv = MaskRCNN(_resnet_fpn_extractor(trunk, 3), num_classes=NUM_FG + 1).eval()  # default transform
-    randomize_torchvision_maskrcnn(tv, seed=1)
-    with torch.no_grad():
-        tv.rpn.head.cls_logits.weight.mul_(30.0)
-        tv.roi_heads.box_predictor.cls_score.weight.mul_(30.0)
-        tv.roi_heads.box_predictor.bbox_pred.weight.mul_(3.0)
-        tv.roi_heads.mask_predictor.mask_fcn_logits.weight.mul_(10.0)
+    tv = decisive_torchvision_maskrcnn()  # default transform: min_size 800, max_size 1333, ImageNet mean/std
     path = tmp_path_factory.mktemp("tv_resize") / "maskrcnn_tv.pth"
     torch.save(tv.state_dict(), path)
     cfg = load_config("gn_paper/mask_rcnn_R_50_FPN_BNstar_2x.yaml", [
