@@ -14,7 +14,6 @@ plugin) and ``torch`` (the ``torch.export`` program of a ``.pt2`` export).
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -178,7 +177,3 @@ class ExportedPredictor:
 
     def __repr__(self) -> str:
         return f"ExportedPredictor({str(self.export_dir)!r}, backend={self.backend!r}, precision={self.precision!r})"
-
-    def describe(self) -> str:
-        meta = self.metadata
-        return json.dumps({k: meta[k] for k in ("format", "config", "detgn_version", "num_classes")})

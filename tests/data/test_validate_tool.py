@@ -1,5 +1,4 @@
 """tools/validate_dataset.py: lists every problem with ids; exit codes 0 / 1 / 2."""
-import importlib.util
 import io
 import os
 import subprocess
@@ -10,17 +9,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools" / "validate_dataset.py"
-
-
-@pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("validate_dataset", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    # In sys.modules so worker processes can unpickle its functions (--workers).
-    sys.modules["validate_dataset"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("validate_dataset", None)
 
 
 def _run(tool, json_file, image_root, options=None):

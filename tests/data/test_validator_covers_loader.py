@@ -5,10 +5,8 @@ its name with the record's id, and box-only annotations (trained without a mask)
 ``TRIGGERS`` holds one broken record per reason; a reason added to REASONS without a trigger
 here fails ``test_every_reason_has_a_trigger``, so a new problem cannot be added to one side only.
 """
-import importlib.util
 import io
 import logging
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,6 @@ import pytest
 from detgn.data.coco import CocoFormatError, load_coco_json
 from detgn.data.coco_problems import REASONS
 
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "validate_dataset.py"
 VALID_SQUARE = [10.0, 12.0, 40.0, 12.0, 40.0, 32.0, 10.0, 32.0]
 
 
@@ -72,16 +69,6 @@ TRIGGERS = {
     "bad_image_record": (_bad_image_record, "images[0]"),
     "duplicate_image_id": (_duplicate_image, "103"),
 }
-
-
-@pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("validate_dataset_cov", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["validate_dataset_cov"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("validate_dataset_cov", None)
 
 
 def _validate(tool, path, root):
