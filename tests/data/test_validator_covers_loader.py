@@ -7,7 +7,6 @@ here fails ``test_every_reason_has_a_trigger``, so a new problem cannot be added
 """
 import io
 import logging
-from pathlib import Path
 
 import pytest
 
