@@ -99,6 +99,9 @@ def markdown_table(summary: Dict, *, about: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+STABLE_SPREAD = 3.0  # points of error: a cell's seed spread beyond this makes its median a coin toss
+
+
 def _spread(cell: Dict) -> float:
     return float(cell["max"] - cell["min"])
 
@@ -128,7 +131,7 @@ def findings(summary: Dict) -> List[Tuple[bool, str]]:
     if bn and gn and small in bn and small in gn:
         gap = med["BN"][small] - med["GN"][small]
         out.append((bn[small]["min"] > gn[small]["max"], f"BN is clearly worse than GN at {small} "
-                    f"({med['BN'][small]:.1f} vs {med['GN'][small]:.1f}, +{gap:.1f} points; seed ranges "
+                    f"({med['BN'][small]:.1f} vs {med['GN'][small]:.1f}, {gap:+.1f} points; seed ranges "
                     f"{bn[small]['min']:.1f}-{bn[small]['max']:.1f} and {gn[small]['min']:.1f}-{gn[small]['max']:.1f})"))
     order = [v for v in ("BN", "GN", "LN", "IN") if v in rows and big in rows[v]]
     for a, b in zip(order, order[1:]):
@@ -137,12 +140,28 @@ def findings(summary: Dict) -> List[Tuple[bool, str]]:
         ok = med[a][big] <= med[b][big] + noise
         out.append((ok, f"at {big}: {a} {rel} {b} within noise ({med[a][big]:.1f} vs {med[b][big]:.1f}, "
                         f"seed spread {noise:.1f})"))
+    large = sorted(batches)[-2:]  # the batches where every norm should train reliably (paper: 32 and 16)
+    cells = [(c["max"] - c["min"], v, b) for v, per in rows.items() for b, c in per.items()
+             if b in large and c.get("n", 0) > 1]
+    if cells:
+        worst = max(cells)
+        out.append((worst[0] <= STABLE_SPREAD, f"every cell at {' and '.join(map(str, large[::-1]))} is stable across "
+                                               f"seeds (largest spread {worst[0]:.1f} points: {worst[1]} at {worst[2]}; "
+                                               f"limit {STABLE_SPREAD:g})"))
+    if bn and big in bn:
+        entries = {v: rows[v][big] for v in rows if big in rows[v]}
+        best = min(entries, key=lambda v: entries[v]["median"])
+        noise = max(_spread(bn[big]), _spread(entries[best]))
+        out.append((med["BN"][big] <= entries[best]["median"] + noise,
+                    f"at {big}: BN is within seed noise of the best entry ({med['BN'][big]:.1f}; best {best} "
+                    f"{entries[best]['median']:.1f}, seed spread {noise:.1f})"))
     for variant in ("BN+EvalNorm", "BN+EvalNorm 1/B^2"):
         if variant in rows and small in rows[variant] and bn and gn and small in bn and small in gn:
             e, p, g = med[variant][small], med["BN"][small], med["GN"][small]
+            share = (f"{100 * (p - e) / (p - g):.0f}% of BN's gap recovered" if p > g
+                     else "BN is not worse than GN here: no gap to recover")
             out.append((g < e < p, f"{variant} recovers part of BN's loss at {small} without closing the gap to "
-                                   f"GN ({p:.1f} -> {e:.1f}, GN {g:.1f}: {100 * (p - e) / max(p - g, 1e-9):.0f}% "
-                                   f"of BN's gap recovered)"))
+                                   f"GN ({p:.1f} -> {e:.1f}, GN {g:.1f}: {share})"))
     return out
 
 
