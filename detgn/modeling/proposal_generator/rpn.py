@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from detgn.layers import at_least_fp32, batched_nms
 from detgn.layers.shape_spec import ShapeSpec
@@ -211,6 +212,7 @@ class RPN(nn.Module):
         self.smooth_l1_beta = smooth_l1_beta
 
     @torch.no_grad()
+    @record_function("rpn.label_and_sample_anchors")  # a scope of detgn.utils.profiling
     def label_and_sample_anchors(
         self, anchors: Boxes, gt_instances: List[Instances]
     ) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from detgn.layers import Norm, add_conv_norm_relu_stack, at_least_fp32, c2_msra_fill, norm_from_cfg
 from detgn.layers.shape_spec import ShapeSpec
@@ -56,6 +57,7 @@ def mask_rcnn_loss(
     return total / weight.sum().clamp(min=1.0)
 
 
+@record_function("mask_rcnn_targets")  # a scope of detgn.utils.profiling
 def mask_rcnn_targets(
     instances: List[Instances], mask_size: int
 ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:

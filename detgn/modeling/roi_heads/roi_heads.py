@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from detgn.layers import ROIPooler
 from detgn.layers.shape_spec import ShapeSpec
@@ -96,6 +97,7 @@ class ROIHeads(nn.Module):
         self.proposal_append_gt = proposal_append_gt
 
     @torch.no_grad()
+    @record_function("roi_heads.label_and_sample_proposals")  # a scope of detgn.utils.profiling
     def label_and_sample_proposals(self, proposals: List[Instances], targets: List[Instances]) -> List[Instances]:
         """Sample RoIs per image and attach their training targets.
 
