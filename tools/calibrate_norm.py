@@ -48,14 +48,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def calibrate(args) -> str:
-    from detgn.checkpoint import load_weights
     from detgn.utils.file_io import atomic_write
     from detgn.data import BadImageTracker
-    from detgn.engine import default_setup, init_distributed
-    from detgn.engine.norm_calibration import calibrate_evalnorm, precise_bn
+    from detgn.engine import build_and_load_model, default_setup, init_distributed
+    from detgn.modeling.precise_bn import precise_bn
+    from detgn.study.norm_calibration import calibrate_evalnorm
     from detgn.engine.tasks import build_train_loader
     from detgn.layers import apply_evalnorm_rule, evalnorm_layers, evalnorm_summary
-    from detgn.modeling import build_model
     from detgn.utils import comm
 
     cfg = load_config(args.config, args.opts, freeze=False)
@@ -64,11 +63,10 @@ def calibrate(args) -> str:
     init_distributed(cfg.MODEL.DEVICE)
     default_setup(cfg)
     cfg.freeze()
-    model = build_model(cfg)
+    model, _ = build_and_load_model(cfg)
     if not any(True for _ in evalnorm_layers(model)):
         raise UserError(f"{args.config}: the model has no BN layer (norm 'BN'); FrozenBN, SyncBN and GN have nothing "
                         "to calibrate. Use the config (and overrides) the weights were trained with")
-    load_weights(model, cfg.MODEL.WEIGHTS, allow_pickle=cfg.MODEL.WEIGHTS_ALLOW_PICKLE)
     num_iter = args.num_iter or cfg.TEST.PRECISE_BN.NUM_ITER
 
     def data():

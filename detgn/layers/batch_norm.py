@@ -28,7 +28,7 @@ biased variances: :class:`BatchNorm2d` records n and B (``train_numel``,
   adds the auxiliary L1 loss of eq. 9 between its stop-gradient training output
   ``(x - mu_B) / sigma_B`` and the EvalNorm output of the stop-gradient input. Only
   alpha and beta receive gradients, so the model trains bit for bit as without EvalNorm;
-- offline (:func:`detgn.engine.norm_calibration.calibrate_evalnorm`): the same loss on a
+- offline (:func:`detgn.study.norm_calibration.calibrate_evalnorm`): the same loss on a
   trained, frozen model over training batches of the training batch size;
 - the rule of thumb alpha = beta = 1/B^2 (``mode="rule"`` or :func:`apply_evalnorm_rule`).
 """

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detgn.engine.norm_calibration import calibrate_evalnorm, precise_bn
+from detgn.modeling.precise_bn import precise_bn
+from detgn.study.norm_calibration import calibrate_evalnorm
 from detgn.layers import BatchNorm2d, Norm, apply_evalnorm_rule, configure_evalnorm, evalnorm, pop_evalnorm_loss
 from detgn.layers.batch_norm import evalnorm_moments, sample_moments
 

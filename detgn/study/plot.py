@@ -1,4 +1,4 @@
-"""Pictures of the normalization study (:mod:`detgn.engine.norm_study`).
+"""Pictures of the normalization study (:mod:`detgn.study.norm_study`).
 
 - :func:`plot_norm_study`: the GN paper's Figure 1 / 5: validation error (or AP) against
   images per process, one line per norm, medians over seeds with their min-max as a band;
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Dict
 
-from .file_io import atomic_write
+from detgn.utils.file_io import atomic_write
 
 __all__ = ["plot_norm_study", "plot_activation_gaps"]
 

@@ -13,13 +13,13 @@ batch, LR by the linear rule, more steps for smaller batches) is ``--images-per-
 A BN cell trains with EvalNorm fitted online, which leaves its training bit for bit as it
 would be without (see :mod:`detgn.layers.batch_norm`), so the one run is evaluated four ways:
 plain BN (running averages), BN + EvalNorm (the online alpha/beta), BN + EvalNorm 1/B^2 and BN
-+ PreciseBN (:func:`detgn.engine.norm_calibration.precise_bn`). For BN cells the per-layer
++ PreciseBN (:func:`detgn.modeling.precise_bn.precise_bn`). For BN cells the per-layer
 gap between the training-mode normalisation and the evaluation-mode one is measured too
 (:func:`activation_gaps`, EvalNorm's Figure 1).
 
 Each cell runs in its own process (``tools/norm_study.py --cell``), writes
 ``cell_result.json`` atomically, and is skipped when that file exists: an interrupted study
-picks up where it stopped. :mod:`detgn.engine.norm_study_report` turns the cells into medians
+picks up where it stopped. :mod:`detgn.study.report` turns the cells into medians
 with their spread, the table and the findings (re-exported here).
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .norm_study_report import (  # noqa: F401  (the study's results, re-exported)
+from .report import (  # noqa: F401  (the study's results, re-exported)
     RESULT_FILE,
     VARIANTS,
     findings,
@@ -263,7 +263,7 @@ def _score(results: Dict, task: str) -> float:
 def _evaluate(cfg, model: nn.Module, output_dir: str) -> Dict:
     from detgn.evaluation import inference_on_dataset
 
-    from .tasks import build_test_loader_and_evaluator
+    from detgn.engine.tasks import build_test_loader_and_evaluator
 
     name = cfg.DATASETS.TEST[0]
     loader, evaluator = build_test_loader_and_evaluator(cfg, name, output_dir=output_dir)
@@ -276,8 +276,8 @@ def evaluate_variants(cfg, model: nn.Module, *, task: str, output_dir: str, prec
     from detgn.data import BadImageTracker
     from detgn.layers import configure_evalnorm
 
-    from .norm_calibration import precise_bn
-    from .tasks import build_train_loader
+    from detgn.engine.tasks import build_train_loader
+    from detgn.modeling.precise_bn import precise_bn
 
     scores = {}
     for variant, enabled, mode in (("BN", False, "offline"), ("BN+EvalNorm", True, "offline"),
@@ -375,7 +375,7 @@ def cell_result(cfg, model: nn.Module, cell: Cell, preset: StudyPreset, *, run_d
     """Everything a finished cell reports: its scores (all BN variants for BN) and, for BN, the gaps."""
     from detgn.layers import evalnorm_layers
 
-    from .tasks import build_train_loader
+    from detgn.engine.tasks import build_train_loader
 
     task = preset.task
     result = {"cell": dataclasses.asdict(cell), "task": task, "metric": "top1_err" if task == "classify" else "box AP"}
