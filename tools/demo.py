@@ -95,7 +95,7 @@ def step_visualize(args) -> float:
     t0 = time.time()
     from detgn.config import load_config
     from detgn.engine import Predictor
-    from detgn.engine.visualize import visualize_dataset
+    from detgn.visualization.predictions import visualize_dataset
 
     cfg = load_config(args.config, [*args.opts, "OUTPUT_DIR", args.output, "VERBOSE_STARTUP", "False"])
     predictor = Predictor(cfg, weights=str(Path(args.output) / "model_final.pth"))

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from detgn.config import ConfigError, configs_root, resolve_config_path  # noqa: E402
-from detgn.engine.benchmark import synthetic_batch  # noqa: E402
+from detgn.benchmark.model import synthetic_batch  # noqa: E402
 from detgn.modeling import build_model_without_weights, count_flops, count_parameters, describe_model  # noqa: E402
 from detgn.modeling.describe import format_model_info  # noqa: E402
 from detgn.utils.file_io import atomic_write_text  # noqa: E402

@@ -204,7 +204,7 @@ def test_custom_mapper_without_rng(tiny_name):
 
 
 def test_benchmark_loader_reports_throughput(tiny_name):
-    from detgn.data.benchmark import benchmark_loader
+    from detgn.benchmark.loader import benchmark_loader
 
     result = benchmark_loader(_cfg(tiny_name, ims=2), 8, warmup_images=2, window=4)
     assert result["num_images"] >= 8 and result["ims_per_gpu"] == 2 and result["num_workers"] == 0
