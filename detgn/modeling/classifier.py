@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detgn.config import ConfigError
-from detgn.layers.batch_norm import pop_evalnorm_loss
+from detgn.layers.auxiliary import pop_aux_losses
 
 __all__ = ["ImageClassifier", "save_trunk", "trunk_state_dict", "TRUNK_PREFIX"]
 
@@ -78,9 +78,7 @@ class ImageClassifier(nn.Module):
             return [{"logits": row} for row in logits.detach()]
         labels = torch.as_tensor([int(x["label"]) for x in batched_inputs], device=logits.device)
         losses = {"loss_cls": F.cross_entropy(logits, labels)}
-        evalnorm_loss = pop_evalnorm_loss(self)  # only while BN layers fit EvalNorm online
-        if evalnorm_loss is not None:
-            losses["loss_evalnorm"] = evalnorm_loss
+        losses.update(pop_aux_losses(self))  # what layers record beside the model (e.g. EvalNorm fitted online)
         return losses
 
     @classmethod

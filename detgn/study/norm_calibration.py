@@ -17,7 +17,8 @@ from typing import Dict, Iterable, List, Tuple
 import torch
 from torch import nn
 
-from detgn.layers.batch_norm import BatchNorm2d, evalnorm_layers
+from detgn.layers.batch_norm import BatchNorm2d
+from detgn.layers.evalnorm_setup import evalnorm_layers
 from detgn.modeling.precise_bn import all_reduce_sum_, take_batches, train_mode_preserving_rng
 from detgn.utils import comm
 
@@ -46,7 +47,7 @@ def _fitting_alpha_beta(model: nn.Module, layers: List[BatchNorm2d]):
             m.set_evalnorm_trainable(trainable)
             m.evalnorm_eval = on
             m.freeze_stats = False
-            m._aux_losses = []
+            m.take_aux_losses()  # drop what the last batch recorded
         for p, flag in flags.items():
             p.requires_grad_(flag)
 
@@ -89,7 +90,7 @@ def calibrate_evalnorm(
             if loss is None:
                 raise RuntimeError(
                     f"EvalNorm calibration: {type(model).__name__} returned no 'loss_evalnorm' in training mode; "
-                    "its forward must add detgn.layers.pop_evalnorm_loss(self) to its losses"
+                    "its forward must add detgn.layers.pop_aux_losses(self) to its losses"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -312,13 +312,8 @@ def activation_gaps(model: nn.Module, batches: Iterable, *, num_batches: int = 2
         "histogram": {"layer", "channel", "train", "ema", "evalnorm"}}`` (a sample of one
         channel's normalised values for the histogram figure).
     """
-    from detgn.layers.batch_norm import (
-        _evalnorm_aux_loss,
-        _normalize,
-        evalnorm_layers,
-        evalnorm_moments,
-        sample_moments,
-    )
+    from detgn.layers.batch_norm import evalnorm_aux_loss, evalnorm_moments, normalize_per_sample, sample_moments
+    from detgn.layers.evalnorm_setup import evalnorm_layers
 
     layers = list(evalnorm_layers(model))
     if not layers:
@@ -332,9 +327,9 @@ def activation_gaps(model: nn.Module, batches: Iterable, *, num_batches: int = 2
             x = inputs[0].float()
             rm, rv = m.running_mean.float(), m.running_var.float()
             zero = torch.zeros((), device=x.device)
-            sums[name][0] += float(_evalnorm_aux_loss(x, rm, rv, zero, zero, m.eps))
+            sums[name][0] += float(evalnorm_aux_loss(x, rm, rv, zero, zero, m.eps))
             a, b = m.evalnorm_weights()
-            sums[name][1] += float(_evalnorm_aux_loss(x, rm, m.biased_running_var().float(), a, b, m.eps))
+            sums[name][1] += float(evalnorm_aux_loss(x, rm, m.biased_running_var().float(), a, b, m.eps))
             if name == hist_name and len(hist["train"]) * x.shape[0] < histogram_values:
                 var_b, mu_b = torch.var_mean(x, dim=[0, 2, 3], correction=0)
                 c = 0  # one channel, as in the paper's figure
@@ -343,7 +338,7 @@ def activation_gaps(model: nn.Module, batches: Iterable, *, num_batches: int = 2
                 hist["ema"].append(((xc - rm[c]) * (rv[c] + m.eps).rsqrt()).flatten())
                 mu_i, var_i = sample_moments(x)
                 mu_hat, var_hat = evalnorm_moments(mu_i, var_i, rm, m.biased_running_var().float(), a, b)
-                hist["evalnorm"].append(_normalize(x, mu_hat, var_hat, m.eps)[:, c].flatten())
+                hist["evalnorm"].append(normalize_per_sample(x, mu_hat, var_hat, m.eps)[:, c].flatten())
         return hook
 
     handles = [m.register_forward_pre_hook(hook_for(name, m)) for name, m in layers]
