@@ -9,7 +9,6 @@ makes evaluation a noticeable fraction of inference shows up as a number.
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from detgn.structures import Boxes, Instances
+from detgn.utils.file_io import atomic_write_json
 
 from detgn.evaluation.coco_evaluator import COCOEvaluator, encode_masks
 
@@ -115,8 +115,7 @@ def benchmark_evaluator(
     rng = np.random.default_rng(seed + 1)
     with tempfile.TemporaryDirectory() as tmp:
         json_file = os.path.join(tmp, "instances.json")
-        with open(json_file, "w") as f:
-            json.dump(gt, f)
+        atomic_write_json(json_file, gt)
         evaluator = COCOEvaluator.from_json(json_file, output_dir=tmp if write_results else None,
                                             distributed=False)
         # One-time costs (lazy cv2 / pycocotools imports) would otherwise be charged

@@ -34,7 +34,7 @@ from .samplers import TrainBatchSampler
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BadImage", "BadImageTracker", "TooManyBadImagesError"]
+__all__ = ["BadImage", "BadImageTracker", "SkipKnownBad", "TooManyBadImagesError"]
 
 
 class TooManyBadImagesError(UserError, RuntimeError):
@@ -352,7 +352,7 @@ class BadImageTracker:
             )
 
 
-class _SkipKnownBad:
+class SkipKnownBad:
     """The sampler's batches (numbered from its ``start_batch``) without the samples of known-bad files.
 
     Runs in the main process (DataLoader workers only receive these keys), so a file is

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from detgn.utils import comm
 
-from .bad_images import BadImage, BadImageTracker, TooManyBadImagesError, _SkipKnownBad
+from .bad_images import BadImage, BadImageTracker, TooManyBadImagesError, SkipKnownBad
 from .catalog import DatasetCatalog, MetadataCatalog
 from .mapper import DatasetMapper, ImageReadError
 from .samplers import InferenceSampler, TrainBatchSampler, sample_rng
@@ -35,6 +35,7 @@ __all__ = [
     "build_detection_test_loader",
     "make_train_loader",
     "make_test_loader",
+    "resolve_seed",
     "TrainLoader",
     "BadImage",
     "BadImageTracker",
@@ -62,7 +63,7 @@ def get_detection_dataset_dicts(
         filter_empty: drop images without a non-crowd annotation (logs how many).
         on_bad: passed to datasets registered as accepting it (``DatasetCatalog.register(...,
             accepts=("on_bad",))``, as COCO-format sets are): ``DATASETS.ON_BAD_ANNOTATION``,
-            "drop_degenerate", "error" or "skip" (see :mod:`detgn.data.coco`).
+            "drop_degenerate", "error" or "skip" (see :mod:`detgn.data.datasets.coco`).
     """
     if isinstance(names, str):
         names = [names]
@@ -172,7 +173,7 @@ class TrainLoader:
         # on the parent's OpenCV thread-pool state (observed); plain cv2 calls are safe.
         return DataLoader(
             self.dataset,
-            batch_sampler=_SkipKnownBad(self.batch_sampler, self.dataset.records, self.bad_images),
+            batch_sampler=SkipKnownBad(self.batch_sampler, self.dataset.records, self.bad_images),
             num_workers=self.num_workers,
             collate_fn=_train_collate,
             generator=_seeded_generator(self.seed),
@@ -250,7 +251,8 @@ def make_train_loader(
                        start_iter=start_iter)
 
 
-def _resolve_seed(seed: int) -> int:
+def resolve_seed(seed: int) -> int:
+    """The data seed of config ``SEED``: itself, or (< 0) one drawn on rank 0 and shared."""
     if seed >= 0:
         return seed
     # Every rank must shard the same permutation: rank 0's draw wins.
@@ -285,7 +287,7 @@ def build_detection_train_loader(
         records,
         mapper=mapper if mapper is not None else DatasetMapper.from_config(cfg, True),
         batch_size=cfg.SOLVER.IMS_PER_GPU,
-        seed=_resolve_seed(cfg.SEED),
+        seed=resolve_seed(cfg.SEED),
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
         bad_images=bad_images if bad_images is not None else BadImageTracker.from_config(cfg),

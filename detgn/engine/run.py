@@ -32,7 +32,7 @@ from .tasks import build_test_loader_and_evaluator, build_train_loader, is_class
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EvalWeightsError", "setup", "test", "train", "evaluate", "main", "cli"]
+__all__ = ["EvalWeightsError", "setup", "test", "train", "evaluate", "main", "cli", "run_summary"]
 
 
 def setup(args):
@@ -182,6 +182,30 @@ def train(cfg, *, resume: bool = False, model: Optional[nn.Module] = None) -> Di
     if bad_images.num_bad_images:
         results = {**results, "skipped_images": bad_images.summary()}
     return results
+
+
+def run_summary(output_dir: str, dataset: str) -> Dict:
+    """The headline figures of a run in ``output_dir``: box and mask AP and AP50 of its last
+    evaluation on ``dataset`` (None where missing) and the median seconds per iteration."""
+    import json
+
+    from detgn.utils.events import read_metrics
+
+    results_file = os.path.join(output_dir, "inference", dataset, "metrics.json")
+    res = {}
+    if os.path.isfile(results_file):
+        with open(results_file) as f:
+            res = json.load(f)
+    metrics_file = os.path.join(output_dir, "metrics.json")
+    records = read_metrics(metrics_file) if os.path.isfile(metrics_file) else []
+    iter_times = sorted(r["time"] for r in records if r.get("time") is not None)
+    return {
+        "box_AP": res.get("bbox", {}).get("AP"),
+        "mask_AP": res.get("segm", {}).get("AP"),
+        "box_AP50": res.get("bbox", {}).get("AP50"),
+        "mask_AP50": res.get("segm", {}).get("AP50"),
+        "median_s_per_iter": iter_times[len(iter_times) // 2] if iter_times else None,
+    }
 
 
 def main(args) -> Dict:

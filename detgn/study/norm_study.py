@@ -3,7 +3,7 @@
 ``tools/norm_study.py --preset cpu`` reproduces the GN paper's central finding (its Figure 1 /
 5 and Table 1-2) at small scale: every cell trains the same classifier (the detectors' ResNet,
 ``configs/classification/norm_study_cpu.yaml``) with one norm and one batch size per process
-on the synthetic shape set (:mod:`detgn.data.synthetic_cls`), for several seeds, and every
+on the synthetic shape set (:mod:`detgn.data.datasets.synthetic_cls`), for several seeds, and every
 cell sees the same number of epochs. How steps relate to the batch is the preset's
 ``images_per_step`` (:func:`protocol`): the CPU preset steps on 32 images in every cell,
 accumulating 32 / B batches of B images (as 32 / B processes of B images would), so only the
@@ -79,7 +79,7 @@ class StudyPreset:
         batches: images per process, in the order they are run.
         seeds: seeds per cell (the report gives medians and the spread over them).
         data: arguments of the data generator (classification: ``num_train``, ``num_val``,
-            ``seed`` and :class:`detgn.data.synthetic_cls.ClsStyle` fields under ``style``).
+            ``seed`` and :class:`detgn.data.datasets.synthetic_cls.ClsStyle` fields under ``style``).
         norm_keys: config keys set to the norm name in each cell.
         processes: processes per cell (SyncBN needs several; images per process stay ``batch``).
         jobs: cells run at once; threads: torch threads per cell process.

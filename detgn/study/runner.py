@@ -9,13 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, List, Optional
 
-from detgn.utils.file_io import atomic_write_json, atomic_write_text
+from detgn.utils.file_io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 from . import norm_study as S
 
@@ -28,12 +27,12 @@ def make_data(preset: S.StudyPreset, data_root: str) -> None:
     """The preset's synthetic set under ``data_root`` (a ``DETGN_DATASETS`` folder); kept if made already."""
     d = dict(preset.data)
     if preset.task == "classify":
-        from detgn.data.synthetic_cls import ClsStyle, generate_synthetic_cls
+        from detgn.data.datasets.synthetic_cls import ClsStyle, generate_synthetic_cls
 
         style = ClsStyle(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("style", {}).items()})
         generate_synthetic_cls(os.path.join(data_root, "synthetic_cls"), style=style, workers=2, **d)
     elif not os.path.isfile(os.path.join(data_root, "synthetic", "annotations", "instances_val.json")):
-        from detgn.data.synthetic import generate_synthetic_coco
+        from detgn.data.datasets.synthetic import generate_synthetic_coco
 
         generate_synthetic_coco(os.path.join(data_root, "synthetic"), workers=2, **d)
 
@@ -140,6 +139,7 @@ def write_report(preset: S.StudyPreset, *, name: str, out_dir: str, command: str
         os.makedirs(copy_to, exist_ok=True)
         for file in REPORT_FILES:
             if os.path.isfile(os.path.join(out_dir, file)):
-                shutil.copy2(os.path.join(out_dir, file), os.path.join(copy_to, file))
+                with open(os.path.join(out_dir, file), "rb") as f:
+                    atomic_write_bytes(os.path.join(copy_to, file), f.read())
         print(f"[study] report copied to {copy_to}", flush=True)
 

@@ -23,7 +23,7 @@ from detgn.data import (
     register_image_folder,
 )
 from detgn.data.catalog import DatasetNotFoundError
-from detgn.data.image_folder import random_resized_crop_box
+from detgn.data.classification import random_resized_crop_box
 from detgn.data.mapper import ImageReadError
 
 BGR = (20, 120, 220)  # distinct channels: the order of the output is visible
@@ -130,7 +130,7 @@ def test_missing_or_empty_root_says_where_and_what(tmp_path, monkeypatch):
 
 
 def test_builtins_resolve_under_DETGN_DATASETS(tmp_path, monkeypatch):
-    from detgn.data.synthetic_cls import ClsStyle, class_names, generate_synthetic_cls
+    from detgn.data.datasets.synthetic_cls import ClsStyle, class_names, generate_synthetic_cls
 
     generate_synthetic_cls(str(tmp_path / "synthetic_cls"), num_train=8, num_val=4, seed=0,
                            style=ClsStyle(size=32, num_classes=4), log=None)
