@@ -85,7 +85,7 @@ class ImageClassifier(nn.Module):
     def from_config(cls, cfg) -> "ImageClassifier":
         """``MODEL.RESNETS.*`` trunk up to ``MODEL.CLASSIFIER.IN_FEATURE``, frozen up to
         ``MODEL.BACKBONE.FREEZE_AT`` (0 for pre-training), ``MODEL.CLASSIFIER.NUM_CLASSES`` outputs."""
-        from detgn.modeling.backbone.resnet import ResNet, _freeze_at, _resnet_kwargs_from_cfg
+        from detgn.modeling.backbone.resnet import ResNet, freeze_at_from_cfg, resnet_kwargs_from_cfg
 
         c = cfg.MODEL.CLASSIFIER
         known = ("res2", "res3", "res4", "res5")
@@ -95,8 +95,8 @@ class ImageClassifier(nn.Module):
             raise ConfigError(f"MODEL.CLASSIFIER.NUM_CLASSES = {c.NUM_CLASSES}; a classifier needs at least 2")
         if len(cfg.MODEL.PIXEL_MEAN) != len(cfg.MODEL.PIXEL_STD):
             raise ConfigError("MODEL.PIXEL_MEAN and MODEL.PIXEL_STD have different lengths")
-        trunk = ResNet(**_resnet_kwargs_from_cfg(cfg), in_channels=len(cfg.MODEL.PIXEL_MEAN),
-                       out_features=[c.IN_FEATURE], freeze_at=_freeze_at(cfg))
+        trunk = ResNet(**resnet_kwargs_from_cfg(cfg), in_channels=len(cfg.MODEL.PIXEL_MEAN),
+                       out_features=[c.IN_FEATURE], freeze_at=freeze_at_from_cfg(cfg))
         return cls(trunk=trunk, in_feature=c.IN_FEATURE, num_classes=c.NUM_CLASSES,
                    pixel_mean=cfg.MODEL.PIXEL_MEAN, pixel_std=cfg.MODEL.PIXEL_STD)
 
