@@ -252,28 +252,28 @@ class BadImageTracker:
         self._local = {"iteration": int(iteration), "position": int(position), "world_size": int(world_size),
                        "batch_size": int(batch_size)}
 
-    def resume_batch(self, start_iter: int, *, rank: int, world_size: int, batch_size: int) -> int:
-        """The sampler batch a loader starting at ``start_iter`` reads first: the saved position
-        when the restored state was saved at that iteration with this world and batch size,
-        else ``start_iter`` (no bad images were skipped, or nothing is known)."""
+    def resume_batch(self, start_batch: int, *, rank: int, world_size: int, batch_size: int) -> int:
+        """The sampler batch a loader whose first yielded batch is number ``start_batch`` reads
+        first: the saved position when the restored state was saved at that batch with this world
+        and batch size, else ``start_batch`` (no bad images were skipped, or nothing is known)."""
         saved = self._saved
         if not saved:
-            return start_iter
+            return start_batch
         if (saved.get("iteration"), saved.get("world_size"), saved.get("batch_size")) == (
-            start_iter, world_size, batch_size
+            start_batch, world_size, batch_size
         ) and len(saved.get("positions", ())) == world_size:
             position = int(saved["positions"][rank])
-            if position != start_iter:
+            if position != start_batch:
                 logger.info("The data loader resumes at stream batch %d for iteration %d (%d batch(es) were "
-                            "skipped for unreadable images)", position, start_iter, position - start_iter)
+                            "skipped for unreadable images)", position, start_batch, position - start_batch)
             return position
         logger.info(
             "The saved data loader position (iteration %s, %s process(es) x %s images) does not fit this run "
             "(iteration %d, %d x %d): the loader starts at batch %d of the stream",
-            saved.get("iteration"), saved.get("world_size"), saved.get("batch_size"), start_iter, world_size,
-            batch_size, start_iter,
+            saved.get("iteration"), saved.get("world_size"), saved.get("batch_size"), start_batch, world_size,
+            batch_size, start_batch,
         )
-        return start_iter
+        return start_batch
 
     def _merge(self, name: str, entry: Dict[str, Any]) -> None:
         old = self._files.get(name)

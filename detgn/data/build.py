@@ -1,9 +1,10 @@
 """Data loaders: records -> (sampler, mapper, workers) -> batches of ``list[dict]``.
 
 Training (:func:`build_detection_train_loader`) is an infinite, deterministic stream:
-the batch of iteration ``k`` depends only on ``(SEED, k, rank, world size, config)``.
-Resuming with ``start_iter=k`` therefore yields exactly what the uninterrupted run
-would have yielded at ``k``, with any number of workers. The DataLoader gets its own
+batch ``k`` of the stream depends only on ``(SEED, k, rank, world size, config)``.
+Resuming with ``start_batch=k`` therefore yields exactly what the uninterrupted run
+would have yielded from its ``k``-th batch on, with any number of workers (the trainer
+passes iteration x ``SOLVER.GRAD_ACCUM_STEPS``). The DataLoader gets its own
 ``torch.Generator`` and augmentation draws from per-sample generators, so building
 and iterating a loader never touches the global torch / numpy / random RNGs.
 
@@ -149,12 +150,12 @@ class TrainLoader:
 
     def __init__(
         self, dataset: _TrainDataset, batch_sampler: TrainBatchSampler, *, num_workers: int, seed: int,
-        bad_images: BadImageTracker, start_iter: int = 0,
+        bad_images: BadImageTracker, start_batch: int = 0,
     ):
         self.dataset, self.batch_sampler = dataset, batch_sampler
         self.num_workers, self.seed = num_workers, seed
         self.bad_images = bad_images
-        self.start_iter = start_iter  # the iteration of the first batch (the sampler may start further on)
+        self.start_batch = start_batch  # the number of the first batch yielded (the sampler may start further on)
 
     @property
     def batch_size(self) -> int:
@@ -182,7 +183,7 @@ class TrainLoader:
     def __iter__(self) -> Iterator[List[dict]]:
         tracker, rank = self.bad_images, self.batch_sampler.rank
         world_size, batch_size = self.batch_sampler.world_size, self.batch_sampler.batch_size
-        iteration = self.start_iter
+        iteration = self.start_batch  # batches yielded so far: the tracker's "iteration"
         for number, items in self._data_loader():
             good = []
             for item in items:
@@ -209,7 +210,7 @@ def make_train_loader(
     max_bad_images: int = 0,
     max_bad_images_fraction: float = 0.0,
     bad_images: Optional[BadImageTracker] = None,
-    start_iter: int = 0,
+    start_batch: int = 0,
     rank: Optional[int] = None,
     world_size: Optional[int] = None,
     validate_hint: Optional[str] = None,
@@ -229,7 +230,7 @@ def make_train_loader(
             :class:`BadImageTracker`); not used when ``bad_images`` is given.
         bad_images: the run's :class:`BadImageTracker` (its files are skipped, its saved
             loader position is used); None: a new one.
-        start_iter: index of the first batch to yield.
+        start_batch: index (in the stream of batches this loader yields) of the first batch to yield.
         rank, world_size: default to ``detgn.utils.comm``.
         validate_hint: the ``tools/validate_dataset.py`` command the error suggests.
     """
@@ -241,14 +242,14 @@ def make_train_loader(
     group_ids = None
     if aspect_ratio_grouping and batch_size > 1:
         group_ids = [0 if r["width"] >= r["height"] else 1 for r in dataset_dicts]
-    start_batch = bad_images.resume_batch(start_iter, rank=rank, world_size=world_size, batch_size=batch_size)
+    sampler_batch = bad_images.resume_batch(start_batch, rank=rank, world_size=world_size, batch_size=batch_size)
     batch_sampler = TrainBatchSampler(
         len(dataset_dicts), batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
-        group_ids=group_ids, start_batch=start_batch,
+        group_ids=group_ids, start_batch=sampler_batch,
     )
     dataset = _TrainDataset(dataset_dicts, mapper, seed)
     return TrainLoader(dataset, batch_sampler, num_workers=num_workers, seed=seed, bad_images=bad_images,
-                       start_iter=start_iter)
+                       start_batch=start_batch)
 
 
 def resolve_seed(seed: int) -> int:
@@ -272,9 +273,10 @@ def _validate_hint(names: Sequence[str]) -> Optional[str]:
 
 
 def build_detection_train_loader(
-    cfg, *, mapper: Optional[Callable] = None, start_iter: int = 0, bad_images: Optional[BadImageTracker] = None
+    cfg, *, mapper: Optional[Callable] = None, start_batch: int = 0, bad_images: Optional[BadImageTracker] = None
 ) -> TrainLoader:
-    """Infinite loader of ``SOLVER.IMS_PER_GPU``-image batches of ``DATASETS.TRAIN`` for this rank.
+    """Infinite loader of ``SOLVER.IMS_PER_GPU``-image batches of ``DATASETS.TRAIN`` for this rank,
+    from batch ``start_batch`` of the stream on.
 
     ``bad_images``: the run's :class:`BadImageTracker` (``tools/train_net.py`` makes one and
     checkpoints it); None: a new one with the ``DATALOADER.MAX_BAD_IMAGES*`` limits.
@@ -291,7 +293,7 @@ def build_detection_train_loader(
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
         bad_images=bad_images if bad_images is not None else BadImageTracker.from_config(cfg),
-        start_iter=start_iter,
+        start_batch=start_batch,
         validate_hint=_validate_hint(names),
     )
 

@@ -155,9 +155,10 @@ def _roots(names: Sequence[str]) -> str:
     return ", ".join(str(MetadataCatalog.get(n).get("image_root", n)) for n in names)
 
 
-def build_classification_train_loader(cfg, *, mapper: Optional[Callable] = None, start_iter: int = 0,
+def build_classification_train_loader(cfg, *, mapper: Optional[Callable] = None, start_batch: int = 0,
                                       bad_images: Optional[BadImageTracker] = None) -> TrainLoader:
-    """Infinite loader of ``SOLVER.IMS_PER_GPU``-image batches of ``DATASETS.TRAIN`` for this rank.
+    """Infinite loader of ``SOLVER.IMS_PER_GPU``-image batches of ``DATASETS.TRAIN`` for this rank,
+    from batch ``start_batch`` of the stream on.
 
     The classification twin of :func:`detgn.data.build_detection_train_loader`: the same
     deterministic, exactly resumable stream (seed ``SEED``, per-sample augmentation
@@ -176,7 +177,7 @@ def build_classification_train_loader(cfg, *, mapper: Optional[Callable] = None,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         aspect_ratio_grouping=False,  # every training image is cropped to the same square
         bad_images=bad_images if bad_images is not None else BadImageTracker.from_config(cfg),
-        start_iter=start_iter,
+        start_batch=start_batch,
         # tools/validate_dataset.py reads COCO-format sets only.
         validate_hint=f"a pass that decodes every image under {_roots(names)}",
     )

@@ -24,7 +24,7 @@ def build_train_loader(cfg, *, start_batch: int = 0, bad_images=None):
     from detgn.data import build_classification_train_loader, build_detection_train_loader
 
     build = build_classification_train_loader if is_classifier(cfg) else build_detection_train_loader
-    return build(cfg, start_iter=start_batch, bad_images=bad_images)
+    return build(cfg, start_batch=start_batch, bad_images=bad_images)
 
 
 def build_test_loader_and_evaluator(cfg, dataset_name: str, *, output_dir: str) -> Tuple[object, object]:

@@ -88,7 +88,7 @@ def test_resume_yields_the_batches_of_iteration_k(tiny_name, ims, grouping):
     cfg = _cfg(tiny_name, ims=ims, grouping=grouping)
     full = _summary(_take(build_detection_train_loader(cfg), 12))
     for k in (1, 7):
-        resumed = _summary(_take(build_detection_train_loader(cfg, start_iter=k), 12 - k))
+        resumed = _summary(_take(build_detection_train_loader(cfg, start_batch=k), 12 - k))
         assert resumed == full[k:]
     cfg.SEED = 12
     assert _summary(_take(build_detection_train_loader(cfg), 12)) != full

@@ -242,7 +242,7 @@ def test_train_loader_batches_and_exact_resume(folders):
     assert len({d["file_name"] for d in full[0] + full[1]}) == 6  # one epoch = every image once
     full = _summary(full)
     for k in (1, 5):
-        assert _summary(_take(build_classification_train_loader(cfg, start_iter=k), 8 - k)) == full[k:]
+        assert _summary(_take(build_classification_train_loader(cfg, start_batch=k), 8 - k)) == full[k:]
     cfg.SEED = 8
     assert _summary(_take(build_classification_train_loader(cfg), 8)) != full
 
