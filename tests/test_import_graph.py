@@ -143,13 +143,12 @@ def test_no_module_imports_another_modules_private_names():
 
 
 def test_finds_a_planted_private_import(tmp_path):
-    pkg = tmp_path / "detgn"
-    (pkg / "a").mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "a" / "__init__.py").write_text("")
-    (pkg / "a" / "x.py").write_text("def _helper():\n    pass\n")
-    (pkg / "a" / "y.py").write_text("def f():\n    from .x import _helper\n")
-    assert private_imports(pkg) == ["detgn.a.y: from detgn.a.x import _helper"]
+    files = {"__init__.py": "", "a/__init__.py": "", "a/x.py": "def _helper():\n    pass\n",
+             "a/y.py": "def f():\n    from .x import _helper, __version__\n"}
+    for rel, text in files.items():
+        (tmp_path / "detgn" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "detgn" / rel).write_text(text)
+    assert private_imports(tmp_path / "detgn") == ["detgn.a.y: from detgn.a.x import _helper"]
 
 
 TOOLS = ROOT.parent / "tools"

@@ -36,7 +36,7 @@ __all__ = [
     "build_detection_test_loader",
     "make_train_loader",
     "make_test_loader",
-    "resolve_seed",
+    "train_loader_from_config",
     "TrainLoader",
     "BadImage",
     "BadImageTracker",
@@ -252,14 +252,31 @@ def make_train_loader(
                        start_batch=start_batch)
 
 
-def resolve_seed(seed: int) -> int:
-    """The data seed of config ``SEED``: itself, or (< 0) one drawn on rank 0 and shared."""
+def _resolve_seed(seed: int) -> int:
     if seed >= 0:
         return seed
     # Every rank must shard the same permutation: rank 0's draw wins.
     drawn = comm.all_gather(int.from_bytes(os.urandom(4), "little"))[0]
     logger.info("SEED < 0: the data loader uses seed %d", drawn)
     return drawn
+
+
+def train_loader_from_config(cfg, records: List[dict], *, mapper: Callable, start_batch: int,
+                             bad_images: Optional[BadImageTracker], aspect_ratio_grouping: bool,
+                             validate_hint: Optional[str]) -> TrainLoader:
+    """:func:`make_train_loader` of ``records`` with the config's batch (``SOLVER.IMS_PER_GPU``), seed,
+    workers and (when ``bad_images`` is None) a new tracker with the ``DATALOADER.MAX_BAD_IMAGES*`` limits."""
+    return make_train_loader(
+        records,
+        mapper=mapper,
+        batch_size=cfg.SOLVER.IMS_PER_GPU,
+        seed=_resolve_seed(cfg.SEED),
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        aspect_ratio_grouping=aspect_ratio_grouping,
+        bad_images=bad_images if bad_images is not None else BadImageTracker.from_config(cfg),
+        start_batch=start_batch,
+        validate_hint=validate_hint,
+    )
 
 
 def _validate_hint(names: Sequence[str]) -> Optional[str]:
@@ -285,15 +302,9 @@ def build_detection_train_loader(
         cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS, on_bad=cfg.DATASETS.ON_BAD_ANNOTATION
     )
     names = [cfg.DATASETS.TRAIN] if isinstance(cfg.DATASETS.TRAIN, str) else list(cfg.DATASETS.TRAIN)
-    return make_train_loader(
-        records,
-        mapper=mapper if mapper is not None else DatasetMapper.from_config(cfg, True),
-        batch_size=cfg.SOLVER.IMS_PER_GPU,
-        seed=resolve_seed(cfg.SEED),
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
-        bad_images=bad_images if bad_images is not None else BadImageTracker.from_config(cfg),
-        start_batch=start_batch,
+    return train_loader_from_config(
+        cfg, records, mapper=mapper if mapper is not None else DatasetMapper.from_config(cfg, True),
+        start_batch=start_batch, bad_images=bad_images, aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
         validate_hint=_validate_hint(names),
     )
 

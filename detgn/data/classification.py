@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .bad_images import BadImageTracker
-from .build import TrainLoader, make_test_loader, make_train_loader, resolve_seed
+from .build import TrainLoader, make_test_loader, train_loader_from_config
 from .catalog import MetadataCatalog
 from .datasets.image_folder import get_classification_dataset_dicts
 from .mapper import read_image
@@ -169,15 +169,10 @@ def build_classification_train_loader(cfg, *, mapper: Optional[Callable] = None,
     records, classes = get_classification_dataset_dicts(names)
     logger.info("Classification training set %s: %d images of %d classes", ", ".join(names), len(records),
                 len(classes))
-    return make_train_loader(
-        records,
-        mapper=mapper if mapper is not None else ClassificationMapper.from_config(cfg, True),
-        batch_size=cfg.SOLVER.IMS_PER_GPU,
-        seed=resolve_seed(cfg.SEED),
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
+    return train_loader_from_config(
+        cfg, records, mapper=mapper if mapper is not None else ClassificationMapper.from_config(cfg, True),
+        start_batch=start_batch, bad_images=bad_images,
         aspect_ratio_grouping=False,  # every training image is cropped to the same square
-        bad_images=bad_images if bad_images is not None else BadImageTracker.from_config(cfg),
-        start_batch=start_batch,
         # tools/validate_dataset.py reads COCO-format sets only.
         validate_hint=f"a pass that decodes every image under {_roots(names)}",
     )
