@@ -25,15 +25,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def export(checkpoint: str, output: str) -> int:
-    import torch
+    from detgn.engine.run import export_trunk
 
-    from detgn.checkpoint.files import load_checkpoint_file
-    from detgn.modeling.classifier import save_trunk
-
-    obj = load_checkpoint_file(checkpoint, allow_pickle=False)
-    state = obj.get("model", obj) if isinstance(obj, dict) else obj
     try:
-        save_trunk({k: v for k, v in state.items() if isinstance(v, torch.Tensor)}, output)
+        export_trunk(checkpoint, output)
     except ValueError as e:
         print(f"Error: {checkpoint}: {e}", file=sys.stderr)
         return 1

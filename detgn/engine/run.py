@@ -32,7 +32,7 @@ from .tasks import build_test_loader_and_evaluator, build_train_loader, is_class
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EvalWeightsError", "setup", "test", "train", "evaluate", "main", "cli", "run_summary"]
+__all__ = ["EvalWeightsError", "setup", "test", "train", "evaluate", "main", "cli", "export_trunk", "run_summary"]
 
 
 def setup(args):
@@ -182,6 +182,21 @@ def train(cfg, *, resume: bool = False, model: Optional[nn.Module] = None) -> Di
     if bad_images.num_bad_images:
         results = {**results, "skipped_images": bad_images.summary()}
     return results
+
+
+def export_trunk(checkpoint: str, output: str) -> str:
+    """Write the trunk of a classifier checkpoint (e.g. an intermediate ``model_*.pth`` of a
+    pre-training run) to ``output`` (returned), as :func:`train` writes ``trunk_final.pth``.
+
+    Raises:
+        ValueError: the file holds no ImageClassifier state.
+    """
+    from detgn.checkpoint.files import load_checkpoint_file
+    from detgn.modeling.classifier import save_trunk
+
+    obj = load_checkpoint_file(checkpoint, allow_pickle=False)
+    state = obj.get("model", obj) if isinstance(obj, dict) else obj
+    return save_trunk({k: v for k, v in state.items() if isinstance(v, torch.Tensor)}, output)
 
 
 def run_summary(output_dir: str, dataset: str) -> Dict:
