@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -24,7 +25,7 @@ from detgn.utils import comm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["calibrate_evalnorm"]
+__all__ = ["METHODS", "calibrate_evalnorm", "calibrate_weights"]
 
 
 @contextlib.contextmanager
@@ -110,3 +111,66 @@ def calibrate_evalnorm(
     if used < num_iter:
         logger.warning("EvalNorm calibration: the data gave %d of the %d batches asked for", used, num_iter)
     return {name: (float(m.evalnorm_alpha), float(m.evalnorm_beta)) for name, m in layers_named}
+
+
+METHODS = ("precise_bn", "evalnorm_offline", "evalnorm_rule")
+
+
+def calibrate_weights(cfg, method: str, *, num_iter: Optional[int] = None, lr: float = 0.02,
+                      output: Optional[str] = None, config_name: str = "the config") -> str:
+    """Calibrate the BN statistics of the trained ``cfg.MODEL.WEIGHTS`` and write them as a new
+    checkpoint (``tools/calibrate_norm.py``): ``precise_bn``, ``evalnorm_offline`` (fitted on
+    ``num_iter`` training batches, default ``TEST.PRECISE_BN.NUM_ITER``) or ``evalnorm_rule``.
+
+    Writes ``output`` (default ``OUTPUT_DIR/model_<method>.pth``) and, next to it, a ``.yaml``
+    config naming those weights (EvalNorm switched on for the EvalNorm methods), on the main
+    process. ``config_name`` names the config in errors. Returns ``output``.
+
+    Raises:
+        UserError: no MODEL.WEIGHTS, or the model has no BN layer to calibrate.
+    """
+    from detgn.data import BadImageTracker
+    from detgn.engine import build_and_load_model
+    from detgn.engine.tasks import build_train_loader
+    from detgn.layers import apply_evalnorm_rule, evalnorm_summary
+    from detgn.modeling.precise_bn import precise_bn
+    from detgn.utils.errors import UserError
+    from detgn.utils.file_io import atomic_write
+
+    if method not in METHODS:
+        raise ValueError(f"Calibration method {method!r} is unknown; choose one of {list(METHODS)}")
+    if not cfg.MODEL.WEIGHTS:
+        raise UserError("Give the trained weights to calibrate: MODEL.WEIGHTS path/to/model_final.pth")
+    model, _ = build_and_load_model(cfg)
+    if not any(True for _ in evalnorm_layers(model)):
+        raise UserError(f"{config_name}: the model has no BN layer (norm 'BN'); FrozenBN, SyncBN and GN have nothing "
+                        "to calibrate. Use the config (and overrides) the weights were trained with")
+    num_iter = num_iter or cfg.TEST.PRECISE_BN.NUM_ITER
+
+    def data():
+        return build_train_loader(cfg, bad_images=BadImageTracker.from_config(cfg))
+
+    if method == "precise_bn":
+        precise_bn(model, data(), num_iter=num_iter)
+    elif method == "evalnorm_offline":
+        calibrate_evalnorm(model, data(), num_iter=num_iter, lr=lr)
+    else:
+        apply_evalnorm_rule(model)
+    output = output or os.path.join(cfg.OUTPUT_DIR, f"model_{method}.pth")
+    if comm.is_main_process():
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                 "calibration": {"method": method, "num_iter": num_iter, "weights": cfg.MODEL.WEIGHTS}}
+        atomic_write(output, lambda f: torch.save(state, f))
+        eval_cfg = cfg.clone()
+        eval_cfg.defrost()
+        eval_cfg.MODEL.WEIGHTS = os.path.abspath(output)
+        if method != "precise_bn":
+            eval_cfg.MODEL.EVALNORM.ENABLED, eval_cfg.MODEL.EVALNORM.MODE = True, "offline"
+        yaml_path = os.path.splitext(output)[0] + ".yaml"
+        atomic_write(yaml_path, lambda f: f.write(eval_cfg.dump().encode()))
+        if method != "precise_bn":
+            logger.info("EvalNorm: %s", evalnorm_summary(model))
+        logger.info("Wrote %s and %s; evaluate with:\n  python tools/train_net.py --config %s --eval-only",
+                    output, yaml_path, yaml_path)
+    return output
