@@ -15,7 +15,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from detgn.layers.auxiliary import declared_aux_losses
+from detgn.layers.auxiliary import declared_aux_losses, declared_param_groups
 from detgn.utils import comm
 from detgn.utils.errors import UserError, is_user_error
 from detgn.utils.events import EventStorage
@@ -77,7 +77,7 @@ class Trainer:
 
     Loss terms the model's layers declare as auxiliary (:class:`detgn.layers.auxiliary.AuxLoss`)
     are back-propagated like the others, and logged and counted in ``total_loss`` as declared;
-    parameter groups flagged ``clip_separately`` are clipped on their own.
+    the parameters of a declared group flagged ``clip_separately`` are clipped on their own.
     """
 
     def __init__(
@@ -108,6 +108,7 @@ class Trainer:
             raise ValueError(f"accumulate must be >= 1, got {accumulate}")
         self.device_type = _device_type(model)
         self.aux_losses = declared_aux_losses(model)
+        self._clip_apart = {pid: g.name for pid, g in declared_param_groups(model).items() if g.clip_separately}
         if amp and self.device_type != "cuda":
             logger.info("SOLVER.AMP.ENABLED is ignored: the model is on the %s, AMP needs CUDA", self.device_type)
             amp = False
@@ -257,12 +258,14 @@ class Trainer:
     def _clip(self) -> None:
         if self.grad_clip <= 0:
             return
-        # A group flagged clip_separately (a layer's own parameters, e.g. fitted beside the
-        # model) is clipped on its own: its gradients must not change the model's clipping factor.
-        groups = self.optimizer.param_groups
-        together = [g for g in groups if not g.get("clip_separately")]
-        for part in [together] + [[g] for g in groups if g.get("clip_separately")]:
-            params = [p for g in part for p in g["params"] if p.grad is not None]
+        # A declared group flagged clip_separately (a layer's own parameters, e.g. fitted beside
+        # the model) is clipped on its own: its gradients must not change the model's clipping factor.
+        parts: Dict[Optional[str], List[torch.Tensor]] = {None: []}
+        for g in self.optimizer.param_groups:
+            for p in g["params"]:
+                if p.grad is not None:
+                    parts.setdefault(self._clip_apart.get(id(p)), []).append(p)
+        for params in parts.values():
             if params:
                 torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
 

@@ -9,8 +9,9 @@ declarations without knowing the feature:
 - the meta-architectures add :func:`pop_aux_losses` of themselves to their loss dict;
 - :func:`detgn.solver.get_param_groups` puts the declared parameters in their groups
   (:func:`declared_param_groups`), after the weights, biases and norm groups;
-- the :class:`~detgn.engine.trainer.Trainer` logs each term as its :class:`AuxLoss` says and
-  clips a group flagged ``clip_separately`` on its own (:func:`declared_aux_losses`).
+- the :class:`~detgn.engine.trainer.Trainer` logs each term as its :class:`AuxLoss` says
+  (:func:`declared_aux_losses`) and clips the parameters of a group flagged ``clip_separately``
+  on their own (:func:`declared_param_groups`).
 """
 from __future__ import annotations
 

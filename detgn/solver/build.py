@@ -55,8 +55,8 @@ def get_param_groups(
 
     Returns:
         dicts ``{"name", "params", "param_names", "lr", "weight_decay"}``: "weights",
-        "biases", "norm", then the groups layers declare (with ``"clip_separately"``, LR
-        ``base_lr x lr_factor`` and their own decay); empty ones are omitted. Each parameter
+        "biases", "norm", then the groups layers declare (LR ``base_lr x lr_factor``, their
+        own decay); empty ones are omitted. Each parameter
         appears once even when shared between modules.
     """
     seen = set()
@@ -84,7 +84,7 @@ def get_param_groups(
                 spec = declared[id(p)]
                 kind = spec.name
                 groups.setdefault(kind, {"name": kind, "params": [], "param_names": [], "lr": base_lr * spec.lr_factor,
-                                         "weight_decay": spec.weight_decay, "clip_separately": spec.clip_separately})
+                                         "weight_decay": spec.weight_decay})
             else:
                 kind = "norm" if norm else ("biases" if p_name == "bias" else "weights")
             groups[kind]["params"].append(p)
