@@ -17,7 +17,7 @@ import time
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from detgn.data.synthetic import generate_synthetic_coco  # noqa: E402
+from detgn.data.datasets.synthetic import generate_synthetic_coco  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

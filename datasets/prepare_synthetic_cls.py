@@ -7,7 +7,7 @@ Layout: OUT/{train,val}/<shape name>/<index:06d>.png and OUT/info.json, which is
 the registered ``synthetic_cls_train`` / ``synthetic_cls_val`` datasets read under
 ``$DETGN_DATASETS/synthetic_cls``. Same seed, same bytes, whatever ``--workers``;
 running the same command again after an interruption writes only the missing files.
-The look of the images (scale, photometrics, ...) is ``detgn.data.synthetic_cls.ClsStyle``.
+The look of the images (scale, photometrics, ...) is ``detgn.data.datasets.synthetic_cls.ClsStyle``.
 """
 import argparse
 import json
@@ -18,7 +18,7 @@ import time
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from detgn.data.synthetic_cls import ClsStyle, generate_synthetic_cls  # noqa: E402
+from detgn.data.datasets.synthetic_cls import ClsStyle, generate_synthetic_cls  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

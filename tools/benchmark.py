@@ -1,16 +1,17 @@
 #!/usr/bin/env python
-"""Speed and memory of a config: training step, inference, data loading, FLOPs.
+"""Speed and memory of a config: training step, inference, data loading, FLOPs; the evaluator's cost.
 
     python tools/benchmark.py --config fpn_gn_long.yaml --task train [--iters 20] [KEY VALUE ...]
     python tools/benchmark.py --config NAME --task inference --torchvision   # + torchvision's Mask R-CNN
+    python tools/benchmark.py --task evaluator --iters 20 --dets-per-image 100 --width 512
 
 Prints median time per iteration / image after warm-up, images/s, peak memory and
 FLOPs (fvcore, one inference pass). A benchmark prints figures; it asserts nothing.
-The training step timed is the Trainer's own (:mod:`detgn.engine.benchmark`).
+The training step timed is the Trainer's own (:mod:`detgn.benchmark.model`).
 ``--task inference --backend torch,torch_bf16,onnxruntime,openvino`` times the same model on each
 backend (eager fp32, eager bf16 autocast, its ONNX export in onnxruntime / OpenVINO, ...) on the
 same images in this process, backends taking turns, and checks each one's detections against
-the fp32 model's (:mod:`detgn.export.benchmark`); ``--backend all`` takes every backend.
+the fp32 model's (:mod:`detgn.benchmark.backends`); ``--backend all`` takes every backend.
 ``--torchvision`` measures torchvision's ``maskrcnn_resnet50_fpn`` (random weights,
 same input sizes, same number of images per step) in the same process and prints the
 ratio detgn / torchvision.
@@ -27,14 +28,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from detgn.config import load_config  # noqa: E402
-from detgn.data.benchmark import benchmark_loader  # noqa: E402
-from detgn.engine.benchmark import benchmark_model, benchmark_torchvision, peak_memory_mb  # noqa: E402
+from detgn.benchmark.evaluator import benchmark_evaluator  # noqa: E402
+from detgn.benchmark.loader import benchmark_loader  # noqa: E402
+from detgn.benchmark.model import benchmark_model, benchmark_torchvision, peak_memory_mb  # noqa: E402
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--task", choices=["train", "inference", "data"], required=True)
+    ap.add_argument("--config", help="required but for --task evaluator")
+    ap.add_argument("--task", choices=["train", "inference", "data", "evaluator"], required=True,
+                    help="evaluator: COCOEvaluator's time per image on synthetic predictions (--iters images of "
+                         "--width x 3/4 --width, --dets-per-image each; one thread)")
+    ap.add_argument("--dets-per-image", type=int, default=100, help="evaluator: detections per image")
     ap.add_argument("--iters", type=int, default=10, help="timed iterations (data: images)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--height", type=int, default=800, help="input height (images are already resized)")
@@ -46,6 +51,13 @@ def main(argv=None):
     ap.add_argument("--json", help="append the results as JSON lines to this file")
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = ap.parse_args(argv)
+    if args.task == "evaluator":
+        torch.set_num_threads(1)
+        stats = benchmark_evaluator(args.iters, args.dets_per_image, args.width)
+        print(json.dumps(stats, indent=2))
+        return [stats]
+    if not args.config:
+        ap.error("--config is required for --task " + args.task)
     cfg = load_config(args.config, args.opts)
     if cfg.CPU.NUM_THREADS > 0:
         torch.set_num_threads(cfg.CPU.NUM_THREADS)
@@ -54,7 +66,7 @@ def main(argv=None):
     if args.backend:
         if args.task != "inference":
             ap.error("--backend compares inference backends: use it with --task inference")
-        from detgn.export.benchmark import BENCH_BACKENDS, benchmark_backends
+        from detgn.benchmark.backends import BENCH_BACKENDS, benchmark_backends
 
         names = list(BENCH_BACKENDS) if args.backend == "all" else args.backend.split(",")
         results = [{"config": args.config, **r} for r in benchmark_backends(cfg, names, **sizes)]

@@ -21,19 +21,14 @@ evaluates it. Works for detectors and classifiers; FrozenBN and SyncBN are left 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
-
 from detgn.config import load_config  # noqa: E402
+from detgn.study.norm_calibration import METHODS  # noqa: E402
 from detgn.utils.errors import UserError  # noqa: E402
-
-logger = logging.getLogger("detgn.calibrate_norm")
-METHODS = ("precise_bn", "evalnorm_offline", "evalnorm_rule")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,15 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def calibrate(args) -> str:
-    from detgn.checkpoint import load_weights
-    from detgn.utils.file_io import atomic_write
-    from detgn.data import BadImageTracker
     from detgn.engine import default_setup, init_distributed
-    from detgn.engine.norm_calibration import calibrate_evalnorm, precise_bn
-    from detgn.engine.tasks import build_train_loader
-    from detgn.layers import apply_evalnorm_rule, evalnorm_layers, evalnorm_summary
-    from detgn.modeling import build_model
-    from detgn.utils import comm
+    from detgn.study.norm_calibration import calibrate_weights
 
     cfg = load_config(args.config, args.opts, freeze=False)
     if not cfg.MODEL.WEIGHTS:
@@ -64,40 +52,8 @@ def calibrate(args) -> str:
     init_distributed(cfg.MODEL.DEVICE)
     default_setup(cfg)
     cfg.freeze()
-    model = build_model(cfg)
-    if not any(True for _ in evalnorm_layers(model)):
-        raise UserError(f"{args.config}: the model has no BN layer (norm 'BN'); FrozenBN, SyncBN and GN have nothing "
-                        "to calibrate. Use the config (and overrides) the weights were trained with")
-    load_weights(model, cfg.MODEL.WEIGHTS, allow_pickle=cfg.MODEL.WEIGHTS_ALLOW_PICKLE)
-    num_iter = args.num_iter or cfg.TEST.PRECISE_BN.NUM_ITER
-
-    def data():
-        return build_train_loader(cfg, bad_images=BadImageTracker.from_config(cfg))
-
-    if args.method == "precise_bn":
-        precise_bn(model, data(), num_iter=num_iter)
-    elif args.method == "evalnorm_offline":
-        calibrate_evalnorm(model, data(), num_iter=num_iter, lr=args.lr)
-    else:
-        apply_evalnorm_rule(model)
-    output = args.output or os.path.join(cfg.OUTPUT_DIR, f"model_{args.method}.pth")
-    if comm.is_main_process():
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-        state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                 "calibration": {"method": args.method, "num_iter": num_iter, "weights": cfg.MODEL.WEIGHTS}}
-        atomic_write(output, lambda f: torch.save(state, f))
-        eval_cfg = cfg.clone()
-        eval_cfg.defrost()
-        eval_cfg.MODEL.WEIGHTS = os.path.abspath(output)
-        if args.method != "precise_bn":
-            eval_cfg.MODEL.EVALNORM.ENABLED, eval_cfg.MODEL.EVALNORM.MODE = True, "offline"
-        yaml_path = os.path.splitext(output)[0] + ".yaml"
-        atomic_write(yaml_path, lambda f: f.write(eval_cfg.dump().encode()))
-        if args.method != "precise_bn":
-            logger.info("EvalNorm: %s", evalnorm_summary(model))
-        logger.info("Wrote %s and %s; evaluate with:\n  python tools/train_net.py --config %s --eval-only",
-                    output, yaml_path, yaml_path)
-    return output
+    return calibrate_weights(cfg, args.method, num_iter=args.num_iter, lr=args.lr, output=args.output,
+                             config_name=args.config)
 
 
 def main(argv=None) -> int:

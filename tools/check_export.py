@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from detgn.config import ConfigError, load_config, parse_args_with_overrides  # noqa: E402
 from detgn.engine import Predictor  # noqa: E402
 from detgn.export import ExportedPredictor  # noqa: E402
-from detgn.export.benchmark import make_random_weights_decisive  # noqa: E402
+from detgn.benchmark.backends import make_random_weights_decisive  # noqa: E402
 from detgn.export.compare import compare_predictors  # noqa: E402
 from detgn.export.exporter import export_detector, metadata_from_config  # noqa: E402
 from detgn.export.predict import dataset_inputs, iter_inputs, run_predict  # noqa: E402

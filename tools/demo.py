@@ -41,7 +41,7 @@ def step_dataset(args) -> float:
         print(f"[demo] 1/4 dataset: {out} exists, kept (delete it to regenerate)", flush=True)
         return 0.0
     print(f"[demo] 1/4 dataset: generating {args.train} train / {args.val} val images into {out}", flush=True)
-    from detgn.data.synthetic import generate_synthetic_coco
+    from detgn.data.datasets.synthetic import generate_synthetic_coco
 
     generate_synthetic_coco(out, num_train=args.train, num_val=args.val, seed=args.seed,
                             workers=min(2, os.cpu_count() or 1))
@@ -95,7 +95,7 @@ def step_visualize(args) -> float:
     t0 = time.time()
     from detgn.config import load_config
     from detgn.engine import Predictor
-    from detgn.engine.visualize import visualize_dataset
+    from detgn.visualization.predictions import visualize_dataset
 
     cfg = load_config(args.config, [*args.opts, "OUTPUT_DIR", args.output, "VERBOSE_STARTUP", "False"])
     predictor = Predictor(cfg, weights=str(Path(args.output) / "model_final.pth"))
@@ -106,22 +106,11 @@ def step_visualize(args) -> float:
 
 
 def summary(args, times) -> dict:
+    from detgn.engine.run import run_summary
+
     out = Path(args.output)
-    metrics_file = out / "inference" / "synthetic_val" / "metrics.json"
-    res = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-    iter_times = []
-    if (out / "metrics.json").is_file():
-        for line in (out / "metrics.json").read_text().splitlines():
-            rec = json.loads(line)
-            if "time" in rec and rec.get("time") is not None:
-                iter_times.append(rec["time"])
-    iter_times.sort()
     s = {
-        "box_AP": res.get("bbox", {}).get("AP"),
-        "mask_AP": res.get("segm", {}).get("AP"),
-        "box_AP50": res.get("bbox", {}).get("AP50"),
-        "mask_AP50": res.get("segm", {}).get("AP50"),
-        "median_s_per_iter": iter_times[len(iter_times) // 2] if iter_times else None,
+        **run_summary(str(out), "synthetic_val"),
         "wall_s": {k: round(v, 1) for k, v in times.items()},
         "curves": str(out / "training_curves.png"),
         "pictures": str(out / "visualizations"),

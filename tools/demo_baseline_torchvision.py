@@ -33,7 +33,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from detgn.engine.torchvision_baseline import CocoSplit, build_baseline, evaluate, train  # noqa: E402,F401
+from detgn.benchmark.torchvision_baseline import CocoSplit, build_baseline, evaluate, train  # noqa: E402,F401
 from detgn.utils.file_io import atomic_write_json  # noqa: E402
 
 

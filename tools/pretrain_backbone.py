@@ -7,7 +7,7 @@ image classifier on an ImageFolder dataset (ImageNet layout), then use it in any
     python tools/pretrain_backbone.py --config classification/synthetic_cls_R18_GN.yaml   # on the CPU
     python tools/pretrain_backbone.py --export OUTPUT_DIR/model_0004999.pth --output trunk.pth
 
-Training is ``tools/train_net.py`` with an ``ImageClassifier`` config: the same linear LR
+Training is ``tools/train_net.py`` (:func:`detgn.engine.run.cli`) with an ``ImageClassifier`` config: the same linear LR
 rule over processes x ``SOLVER.IMS_PER_GPU`` (x ``SOLVER.GRAD_ACCUM_STEPS``: a larger step on
 fewer GPUs; BN still normalises ``IMS_PER_GPU`` images), atomic checkpoints and exact ``--resume``,
 hooks, ``metrics.json`` and ``training_curves.png``; evaluation gives top-1/top-5 error. At
@@ -18,24 +18,17 @@ of any classifier checkpoint (e.g. an intermediate one).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(TOOLS))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def export(checkpoint: str, output: str) -> int:
-    import torch
+    from detgn.engine.run import export_trunk
 
-    from detgn.checkpoint.files import load_checkpoint_file
-    from detgn.modeling.classifier import save_trunk
-
-    obj = load_checkpoint_file(checkpoint, allow_pickle=False)
-    state = obj.get("model", obj) if isinstance(obj, dict) else obj
     try:
-        save_trunk({k: v for k, v in state.items() if isinstance(v, torch.Tensor)}, output)
+        export_trunk(checkpoint, output)
     except ValueError as e:
         print(f"Error: {checkpoint}: {e}", file=sys.stderr)
         return 1
@@ -51,10 +44,9 @@ def main(argv=None) -> int:
         p.add_argument("--output", required=True)
         args = p.parse_args(argv)
         return export(args.export, args.output)
-    spec = importlib.util.spec_from_file_location("detgn_train_net", os.path.join(TOOLS, "train_net.py"))
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
-    return train_net.cli(argv)
+    from detgn.engine.run import cli
+
+    return cli(argv)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from detgn.checkpoint import CheckpointError  # noqa: E402
 from detgn.config import ConfigError, load_config, parse_args_with_overrides  # noqa: E402
 from detgn.data import CocoFormatError, DatasetCatalog, ImageReadError  # noqa: E402
 from detgn.engine import Predictor  # noqa: E402
-from detgn.engine.visualize import class_names_for, list_images, visualize_dataset, visualize_files  # noqa: E402
+from detgn.visualization.predictions import class_names_for, list_images, visualize_dataset, visualize_files  # noqa: E402
 from detgn.utils.logger import setup_logger  # noqa: E402
 
 

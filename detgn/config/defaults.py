@@ -303,7 +303,7 @@ _C.DATASETS = CN()
 # Names registered in detgn.data.DatasetCatalog.
 _C.DATASETS.TRAIN = ("coco_2017_train",)
 _C.DATASETS.TEST = ("coco_2017_val",)
-# What to do with bad annotations (detgn/data/coco_checks.py). "drop_degenerate":
+# What to do with bad annotations (detgn/data/datasets/coco_checks.py). "drop_degenerate":
 # annotations that describe no object (zero-size box, box with no area in the
 # image, polygons with < 3 distinct points or no area) are dropped, boxes reaching
 # outside the image clipped, degenerate parts of multi-polygon masks removed, all

@@ -34,7 +34,7 @@ from .samplers import TrainBatchSampler
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BadImage", "BadImageTracker", "TooManyBadImagesError"]
+__all__ = ["BadImage", "BadImageTracker", "LoaderPosition", "SkipKnownBad", "TooManyBadImagesError"]
 
 
 class TooManyBadImagesError(UserError, RuntimeError):
@@ -67,6 +67,66 @@ def _plain_id(image_id: Any) -> Any:
         return str(image_id)
 
 
+class LoaderPosition:
+    """Where a training loader is in its stream, for exact resume when batches were skipped.
+
+    Each time the loader yields a batch it records (:meth:`note`) the iteration of the next
+    batch and the sampler batch to read it from; skipped batches make the position run ahead
+    of the iteration. :meth:`state` is every rank's position (gathered by the tracker's
+    sync), and a loader built at the saved iteration starts there (:meth:`resume_batch`).
+    """
+
+    def __init__(self):
+        self.local: Optional[Dict[str, int]] = None  # this rank's position
+        self.gathered: Optional[List[Dict[str, int]]] = None  # every rank's, from the last sync
+        self.saved: Optional[Dict[str, Any]] = None  # the state restored from a checkpoint
+
+    def note(self, *, iteration: int, position: int, world_size: int, batch_size: int) -> None:
+        """The loader yielded a batch: ``iteration`` is read next, from sampler batch ``position``."""
+        self.local = {"iteration": int(iteration), "position": int(position), "world_size": int(world_size),
+                      "batch_size": int(batch_size)}
+
+    def resume_batch(self, start_batch: int, *, rank: int, world_size: int, batch_size: int) -> int:
+        """The sampler batch a loader whose first yielded batch is number ``start_batch`` reads
+        first: the saved position when the restored state was saved at that batch with this world
+        and batch size, else ``start_batch`` (no bad images were skipped, or nothing is known)."""
+        saved = self.saved
+        if not saved:
+            return start_batch
+        if (saved.get("iteration"), saved.get("world_size"), saved.get("batch_size")) == (
+            start_batch, world_size, batch_size
+        ) and len(saved.get("positions", ())) == world_size:
+            position = int(saved["positions"][rank])
+            if position != start_batch:
+                logger.info("The data loader resumes at stream batch %d for iteration %d (%d batch(es) were "
+                            "skipped for unreadable images)", position, start_batch, position - start_batch)
+            return position
+        logger.info(
+            "The saved data loader position (iteration %s, %s process(es) x %s images) does not fit this run "
+            "(iteration %d, %d x %d): the loader starts at batch %d of the stream",
+            saved.get("iteration"), saved.get("world_size"), saved.get("batch_size"), start_batch, world_size,
+            batch_size, start_batch,
+        )
+        return start_batch
+
+    def state(self) -> Optional[Dict[str, Any]]:
+        """What a checkpoint records (every rank's position at one iteration), or None when unknown."""
+        local = self.local
+        if local is None:  # no batch yielded since the state was restored: keep what was restored
+            return dict(self.saved) if self.saved else None
+        if local["world_size"] == 1:
+            positions = [local["position"]]
+        else:
+            g = self.gathered
+            # Only a position set gathered at this very iteration describes the checkpoint.
+            if not g or len(g) != local["world_size"] or any(x is None or x["iteration"] != local["iteration"]
+                                                             for x in g):
+                return None
+            positions = [x["position"] for x in g]
+        return {"iteration": local["iteration"], "world_size": local["world_size"],
+                "batch_size": local["batch_size"], "positions": positions}
+
+
 class BadImageTracker:
     """The training files known to be unreadable, the limit on them, and the loader's position.
 
@@ -88,11 +148,10 @@ class BadImageTracker:
       last call and every rank's loader position. Call it at fixed iterations on all ranks
       (:class:`detgn.engine.hooks.BadImageSync`); the :class:`~detgn.checkpoint.Checkpointer`
       calls it, as ``sync_state()``, on every process before a save.
-    - Exact resume: each time the loader yields a batch it records the iteration of the next
-      batch and the stream position (sampler batch number) to read it from; skipped batches
-      make the position run ahead of the iteration. :meth:`state_dict` saves every rank's
-      position, and a loader built at the saved iteration starts there
-      (:meth:`resume_batch`).
+    - Exact resume: the loader's :class:`LoaderPosition` (the iteration of the next batch and
+      the sampler batch to read it from; skipped batches make the position run ahead of the
+      iteration). :meth:`state_dict` saves every rank's position, and a loader built at the
+      saved iteration starts there (:meth:`resume_batch`).
 
     ``state_dict()`` holds plain Python values only.
     """
@@ -109,9 +168,7 @@ class BadImageTracker:
         self.raise_at_once = True  # one process: raise in report(); several: in sync()
         self._files: Dict[str, Dict[str, Any]] = {}
         self._unshared: List[str] = []  # found here since the last sync
-        self._local: Optional[Dict[str, int]] = None  # this rank's loader position
-        self._gathered: Optional[List[Dict[str, int]]] = None  # every rank's, from the last sync
-        self._saved: Optional[Dict[str, Any]] = None  # the loader state restored by load_state_dict
+        self._position = LoaderPosition()
 
     @classmethod
     def from_config(cls, cfg) -> "BadImageTracker":
@@ -248,32 +305,13 @@ class BadImageTracker:
         return True
 
     def note_position(self, *, iteration: int, position: int, world_size: int, batch_size: int) -> None:
-        """The loader yielded a batch: ``iteration`` is read next, from sampler batch ``position``."""
-        self._local = {"iteration": int(iteration), "position": int(position), "world_size": int(world_size),
-                       "batch_size": int(batch_size)}
+        """The loader yielded a batch (see :meth:`LoaderPosition.note`)."""
+        self._position.note(iteration=iteration, position=position, world_size=world_size, batch_size=batch_size)
 
-    def resume_batch(self, start_iter: int, *, rank: int, world_size: int, batch_size: int) -> int:
-        """The sampler batch a loader starting at ``start_iter`` reads first: the saved position
-        when the restored state was saved at that iteration with this world and batch size,
-        else ``start_iter`` (no bad images were skipped, or nothing is known)."""
-        saved = self._saved
-        if not saved:
-            return start_iter
-        if (saved.get("iteration"), saved.get("world_size"), saved.get("batch_size")) == (
-            start_iter, world_size, batch_size
-        ) and len(saved.get("positions", ())) == world_size:
-            position = int(saved["positions"][rank])
-            if position != start_iter:
-                logger.info("The data loader resumes at stream batch %d for iteration %d (%d batch(es) were "
-                            "skipped for unreadable images)", position, start_iter, position - start_iter)
-            return position
-        logger.info(
-            "The saved data loader position (iteration %s, %s process(es) x %s images) does not fit this run "
-            "(iteration %d, %d x %d): the loader starts at batch %d of the stream",
-            saved.get("iteration"), saved.get("world_size"), saved.get("batch_size"), start_iter, world_size,
-            batch_size, start_iter,
-        )
-        return start_iter
+    def resume_batch(self, start_batch: int, *, rank: int, world_size: int, batch_size: int) -> int:
+        """The sampler batch a loader starting at batch ``start_batch`` reads first
+        (see :meth:`LoaderPosition.resume_batch`)."""
+        return self._position.resume_batch(start_batch, rank=rank, world_size=world_size, batch_size=batch_size)
 
     def _merge(self, name: str, entry: Dict[str, Any]) -> None:
         old = self._files.get(name)
@@ -287,37 +325,22 @@ class BadImageTracker:
         :meth:`check` (the same union on every rank, so all raise together). Every process
         must call it at the same iteration; with one process it only checks."""
         if comm.get_world_size() > 1:
-            mine = {"files": {f: self._files[f] for f in self._unshared if f in self._files}, "loader": self._local}
+            mine = {"files": {f: self._files[f] for f in self._unshared if f in self._files},
+                    "loader": self._position.local}
             gathered = comm.all_gather(mine)
             for g in gathered:
                 for name, entry in g["files"].items():
                     self._merge(name, entry)
-            self._gathered = [g["loader"] for g in gathered]
+            self._position.gathered = [g["loader"] for g in gathered]
         self._unshared.clear()
         self.check()
 
     sync_state = sync  # the Checkpointer's hook: called on every process before a save
 
     # -- checkpointing --------------------------------------------------------
-    def _loader_state(self) -> Optional[Dict[str, Any]]:
-        local = self._local
-        if local is None:  # no batch yielded since the state was restored: keep what was restored
-            return dict(self._saved) if self._saved else None
-        if local["world_size"] == 1:
-            positions = [local["position"]]
-        else:
-            g = self._gathered
-            # Only a position set gathered at this very iteration describes the checkpoint.
-            if not g or len(g) != local["world_size"] or any(x is None or x["iteration"] != local["iteration"]
-                                                             for x in g):
-                return None
-            positions = [x["position"] for x in g]
-        return {"iteration": local["iteration"], "world_size": local["world_size"],
-                "batch_size": local["batch_size"], "positions": positions}
-
     def state_dict(self) -> Dict[str, Any]:
         state: Dict[str, Any] = {"version": 1, "files": {k: dict(v) for k, v in self._files.items()}}
-        loader = self._loader_state()
+        loader = self._position.state()
         if loader is not None:
             state["loader"] = loader
         return state
@@ -330,7 +353,7 @@ class BadImageTracker:
             for k, v in files.items()
         }
         self._unshared = []
-        self._saved = dict(state["loader"]) if state.get("loader") else None
+        self._position.saved = dict(state["loader"]) if state.get("loader") else None
 
     def copy_known_files(self) -> "BadImageTracker":
         """A new tracker, same limits, that skips the files this one knows but holds no loader
@@ -352,7 +375,7 @@ class BadImageTracker:
             )
 
 
-class _SkipKnownBad:
+class SkipKnownBad:
     """The sampler's batches (numbered from its ``start_batch``) without the samples of known-bad files.
 
     Runs in the main process (DataLoader workers only receive these keys), so a file is

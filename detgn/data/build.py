@@ -1,9 +1,10 @@
 """Data loaders: records -> (sampler, mapper, workers) -> batches of ``list[dict]``.
 
 Training (:func:`build_detection_train_loader`) is an infinite, deterministic stream:
-the batch of iteration ``k`` depends only on ``(SEED, k, rank, world size, config)``.
-Resuming with ``start_iter=k`` therefore yields exactly what the uninterrupted run
-would have yielded at ``k``, with any number of workers. The DataLoader gets its own
+batch ``k`` of the stream depends only on ``(SEED, k, rank, world size, config)``.
+Resuming with ``start_batch=k`` therefore yields exactly what the uninterrupted run
+would have yielded from its ``k``-th batch on, with any number of workers (the trainer
+passes iteration x ``SOLVER.GRAD_ACCUM_STEPS``). The DataLoader gets its own
 ``torch.Generator`` and augmentation draws from per-sample generators, so building
 and iterating a loader never touches the global torch / numpy / random RNGs.
 
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from detgn.utils import comm
 
-from .bad_images import BadImage, BadImageTracker, TooManyBadImagesError, _SkipKnownBad
+from .bad_images import BadImage, BadImageTracker, TooManyBadImagesError, SkipKnownBad
 from .catalog import DatasetCatalog, MetadataCatalog
 from .mapper import DatasetMapper, ImageReadError
 from .samplers import InferenceSampler, TrainBatchSampler, sample_rng
@@ -35,6 +36,7 @@ __all__ = [
     "build_detection_test_loader",
     "make_train_loader",
     "make_test_loader",
+    "train_loader_from_config",
     "TrainLoader",
     "BadImage",
     "BadImageTracker",
@@ -62,7 +64,7 @@ def get_detection_dataset_dicts(
         filter_empty: drop images without a non-crowd annotation (logs how many).
         on_bad: passed to datasets registered as accepting it (``DatasetCatalog.register(...,
             accepts=("on_bad",))``, as COCO-format sets are): ``DATASETS.ON_BAD_ANNOTATION``,
-            "drop_degenerate", "error" or "skip" (see :mod:`detgn.data.coco`).
+            "drop_degenerate", "error" or "skip" (see :mod:`detgn.data.datasets.coco`).
     """
     if isinstance(names, str):
         names = [names]
@@ -148,12 +150,12 @@ class TrainLoader:
 
     def __init__(
         self, dataset: _TrainDataset, batch_sampler: TrainBatchSampler, *, num_workers: int, seed: int,
-        bad_images: BadImageTracker, start_iter: int = 0,
+        bad_images: BadImageTracker, start_batch: int = 0,
     ):
         self.dataset, self.batch_sampler = dataset, batch_sampler
         self.num_workers, self.seed = num_workers, seed
         self.bad_images = bad_images
-        self.start_iter = start_iter  # the iteration of the first batch (the sampler may start further on)
+        self.start_batch = start_batch  # the number of the first batch yielded (the sampler may start further on)
 
     @property
     def batch_size(self) -> int:
@@ -172,7 +174,7 @@ class TrainLoader:
         # on the parent's OpenCV thread-pool state (observed); plain cv2 calls are safe.
         return DataLoader(
             self.dataset,
-            batch_sampler=_SkipKnownBad(self.batch_sampler, self.dataset.records, self.bad_images),
+            batch_sampler=SkipKnownBad(self.batch_sampler, self.dataset.records, self.bad_images),
             num_workers=self.num_workers,
             collate_fn=_train_collate,
             generator=_seeded_generator(self.seed),
@@ -181,7 +183,7 @@ class TrainLoader:
     def __iter__(self) -> Iterator[List[dict]]:
         tracker, rank = self.bad_images, self.batch_sampler.rank
         world_size, batch_size = self.batch_sampler.world_size, self.batch_sampler.batch_size
-        iteration = self.start_iter
+        iteration = self.start_batch  # batches yielded so far: the tracker's "iteration"
         for number, items in self._data_loader():
             good = []
             for item in items:
@@ -208,7 +210,7 @@ def make_train_loader(
     max_bad_images: int = 0,
     max_bad_images_fraction: float = 0.0,
     bad_images: Optional[BadImageTracker] = None,
-    start_iter: int = 0,
+    start_batch: int = 0,
     rank: Optional[int] = None,
     world_size: Optional[int] = None,
     validate_hint: Optional[str] = None,
@@ -228,7 +230,7 @@ def make_train_loader(
             :class:`BadImageTracker`); not used when ``bad_images`` is given.
         bad_images: the run's :class:`BadImageTracker` (its files are skipped, its saved
             loader position is used); None: a new one.
-        start_iter: index of the first batch to yield.
+        start_batch: index (in the stream of batches this loader yields) of the first batch to yield.
         rank, world_size: default to ``detgn.utils.comm``.
         validate_hint: the ``tools/validate_dataset.py`` command the error suggests.
     """
@@ -240,14 +242,14 @@ def make_train_loader(
     group_ids = None
     if aspect_ratio_grouping and batch_size > 1:
         group_ids = [0 if r["width"] >= r["height"] else 1 for r in dataset_dicts]
-    start_batch = bad_images.resume_batch(start_iter, rank=rank, world_size=world_size, batch_size=batch_size)
+    sampler_batch = bad_images.resume_batch(start_batch, rank=rank, world_size=world_size, batch_size=batch_size)
     batch_sampler = TrainBatchSampler(
         len(dataset_dicts), batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
-        group_ids=group_ids, start_batch=start_batch,
+        group_ids=group_ids, start_batch=sampler_batch,
     )
     dataset = _TrainDataset(dataset_dicts, mapper, seed)
     return TrainLoader(dataset, batch_sampler, num_workers=num_workers, seed=seed, bad_images=bad_images,
-                       start_iter=start_iter)
+                       start_batch=start_batch)
 
 
 def _resolve_seed(seed: int) -> int:
@@ -257,6 +259,24 @@ def _resolve_seed(seed: int) -> int:
     drawn = comm.all_gather(int.from_bytes(os.urandom(4), "little"))[0]
     logger.info("SEED < 0: the data loader uses seed %d", drawn)
     return drawn
+
+
+def train_loader_from_config(cfg, records: List[dict], *, mapper: Callable, start_batch: int,
+                             bad_images: Optional[BadImageTracker], aspect_ratio_grouping: bool,
+                             validate_hint: Optional[str]) -> TrainLoader:
+    """:func:`make_train_loader` of ``records`` with the config's batch (``SOLVER.IMS_PER_GPU``), seed,
+    workers and (when ``bad_images`` is None) a new tracker with the ``DATALOADER.MAX_BAD_IMAGES*`` limits."""
+    return make_train_loader(
+        records,
+        mapper=mapper,
+        batch_size=cfg.SOLVER.IMS_PER_GPU,
+        seed=_resolve_seed(cfg.SEED),
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        aspect_ratio_grouping=aspect_ratio_grouping,
+        bad_images=bad_images if bad_images is not None else BadImageTracker.from_config(cfg),
+        start_batch=start_batch,
+        validate_hint=validate_hint,
+    )
 
 
 def _validate_hint(names: Sequence[str]) -> Optional[str]:
@@ -270,9 +290,10 @@ def _validate_hint(names: Sequence[str]) -> Optional[str]:
 
 
 def build_detection_train_loader(
-    cfg, *, mapper: Optional[Callable] = None, start_iter: int = 0, bad_images: Optional[BadImageTracker] = None
+    cfg, *, mapper: Optional[Callable] = None, start_batch: int = 0, bad_images: Optional[BadImageTracker] = None
 ) -> TrainLoader:
-    """Infinite loader of ``SOLVER.IMS_PER_GPU``-image batches of ``DATASETS.TRAIN`` for this rank.
+    """Infinite loader of ``SOLVER.IMS_PER_GPU``-image batches of ``DATASETS.TRAIN`` for this rank,
+    from batch ``start_batch`` of the stream on.
 
     ``bad_images``: the run's :class:`BadImageTracker` (``tools/train_net.py`` makes one and
     checkpoints it); None: a new one with the ``DATALOADER.MAX_BAD_IMAGES*`` limits.
@@ -281,15 +302,9 @@ def build_detection_train_loader(
         cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS, on_bad=cfg.DATASETS.ON_BAD_ANNOTATION
     )
     names = [cfg.DATASETS.TRAIN] if isinstance(cfg.DATASETS.TRAIN, str) else list(cfg.DATASETS.TRAIN)
-    return make_train_loader(
-        records,
-        mapper=mapper if mapper is not None else DatasetMapper.from_config(cfg, True),
-        batch_size=cfg.SOLVER.IMS_PER_GPU,
-        seed=_resolve_seed(cfg.SEED),
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
-        bad_images=bad_images if bad_images is not None else BadImageTracker.from_config(cfg),
-        start_iter=start_iter,
+    return train_loader_from_config(
+        cfg, records, mapper=mapper if mapper is not None else DatasetMapper.from_config(cfg, True),
+        start_batch=start_batch, bad_images=bad_images, aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
         validate_hint=_validate_hint(names),
     )
 

@@ -1,10 +1,10 @@
 """Named datasets: ``DatasetCatalog`` (name -> records) and ``MetadataCatalog``.
 
 A dataset is registered as a function returning ``list[dict]`` records (the COCO-style
-format of ``detgn/data/coco.py``); nothing is read until ``DatasetCatalog.get``. The
+format of ``detgn/data/datasets/coco.py``); nothing is read until ``DatasetCatalog.get``. The
 catalog knows no format: COCO-format sets are registered by
-:func:`detgn.data.coco.register_coco_instances`, the built-in names by
-:mod:`detgn.data.builtin`. Built-in files live under :func:`datasets_root`
+:func:`detgn.data.datasets.coco.register_coco_instances`, the built-in names by
+:mod:`detgn.data.datasets.builtin`. Built-in files live under :func:`datasets_root`
 (``DETGN_DATASETS``, default ``./datasets``), resolved at lookup time.
 """
 from __future__ import annotations

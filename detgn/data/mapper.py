@@ -108,7 +108,7 @@ def _chw_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 class DatasetMapper:
-    """Map a record (see ``detgn/data/coco.py``) to the model's input dict.
+    """Map a record (see ``detgn/data/datasets/coco.py``) to the model's input dict.
 
     Args:
         is_train: training mapping (random size and flip, ``instances``) or test mapping

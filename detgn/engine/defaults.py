@@ -202,12 +202,12 @@ def build_trainer(
         cfg: the run's config.
         model: the unwrapped model.
         data_loader_fn: ``start_batch -> iterable of batches`` from that batch of the stream on
-            (e.g. ``lambda s: build_detection_train_loader(cfg, start_iter=s)``); with
+            (e.g. ``lambda s: build_detection_train_loader(cfg, start_batch=s)``); with
             ``SOLVER.GRAD_ACCUM_STEPS`` k, iteration i starts at batch i x k.
         eval_fn: returns evaluation results (nested dicts of numbers); None: no evaluation.
         writers: metric writers instead of the default three.
         bad_images: the run's :class:`detgn.data.BadImageTracker`, also given to the loader
-            (``build_detection_train_loader(cfg, start_iter=s, bad_images=tracker)``): it is
+            (``build_detection_train_loader(cfg, start_batch=s, bad_images=tracker)``): it is
             checkpointed as ``bad_images`` (so ``--resume`` restores it before the loader is
             built) and hooks exchange, count and report the skipped files.
         precise_bn_data_fn: ``() -> iterable of training batches`` for PreciseBN

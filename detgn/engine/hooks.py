@@ -148,7 +148,7 @@ def flatten_results(results: Mapping, prefix: str = "") -> Dict[str, float]:
 class PreciseBN(HookBase):
     """Before each evaluation (every ``period`` iterations and at the end), replace the BN
     layers' running statistics by exact pooled ones over ``num_iter`` training batches
-    (:func:`detgn.engine.norm_calibration.precise_bn`).
+    (:func:`detgn.modeling.precise_bn.precise_bn`).
 
     Registered before the checkpointer and the evaluation, so both see the new statistics
     and ``--resume`` continues from them. ``data_fn()`` gives a fresh iterable of training
@@ -164,7 +164,7 @@ class PreciseBN(HookBase):
     def after_step(self) -> None:
         done = self.trainer.iter + 1
         if done >= self.trainer.max_iter or (self.period > 0 and done % self.period == 0):
-            from .norm_calibration import precise_bn
+            from detgn.modeling.precise_bn import precise_bn
 
             model = getattr(self.trainer.model, "module", self.trainer.model)  # DDP: the model itself
             precise_bn(model, self.data_fn(), num_iter=self.num_iter)

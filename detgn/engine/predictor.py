@@ -1,7 +1,7 @@
 """One way to run a trained detector: build the model, load its weights, predict on an image.
 
 Every inference path uses this module: ``tools/visualize.py``, ``tools/train_net.py
---eval-only``, the demo's pictures, and :func:`detgn.zoo.get` (which stops after
+--eval-only``, the demo's pictures, and :func:`detgn.model_zoo.configs.get` (which stops after
 :func:`build_and_load_model`). Building goes through :func:`detgn.modeling.build_model`,
 so device placement and ``CPU.CHANNELS_LAST`` are those of training, and ``CPU.BF16`` (auto: bf16
 autocast on CPUs with native bf16, see :mod:`detgn.utils.cpu`) applies to its forward. To run a

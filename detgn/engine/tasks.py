@@ -17,13 +17,14 @@ def is_classifier(cfg) -> bool:
     return cfg.MODEL.META_ARCHITECTURE == "ImageClassifier"
 
 
-def build_train_loader(cfg, *, start_iter: int = 0, bad_images=None):
-    """The infinite training stream of ``DATASETS.TRAIN`` for the config's task (see
-    :func:`detgn.data.build_detection_train_loader` / ``build_classification_train_loader``)."""
+def build_train_loader(cfg, *, start_batch: int = 0, bad_images=None):
+    """The infinite training stream of ``DATASETS.TRAIN`` for the config's task, from batch
+    ``start_batch`` of the stream on (see :func:`detgn.data.build_detection_train_loader` /
+    ``build_classification_train_loader``)."""
     from detgn.data import build_classification_train_loader, build_detection_train_loader
 
     build = build_classification_train_loader if is_classifier(cfg) else build_detection_train_loader
-    return build(cfg, start_iter=start_iter, bad_images=bad_images)
+    return build(cfg, start_batch=start_batch, bad_images=bad_images)
 
 
 def build_test_loader_and_evaluator(cfg, dataset_name: str, *, output_dir: str) -> Tuple[object, object]:

@@ -15,6 +15,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from detgn.layers.auxiliary import declared_aux_losses, declared_param_groups
 from detgn.utils import comm
 from detgn.utils.errors import UserError, is_user_error
 from detgn.utils.events import EventStorage
@@ -22,12 +23,7 @@ from detgn.utils.seed import set_rng_state
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HookBase", "Trainer", "NonFiniteLossError", "AUXILIARY_LOSSES"]
-
-# Loss terms that train no model weight (EvalNorm's, which reaches only its alpha and
-# beta): back-propagated and logged like the others, left out of the logged total_loss
-# so that the curves of a run with and without them are the same.
-AUXILIARY_LOSSES = frozenset({"loss_evalnorm"})
+__all__ = ["HookBase", "Trainer", "NonFiniteLossError"]
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -78,6 +74,10 @@ class Trainer:
             are summed, each loss divided by ``accumulate`` (a step on the mean over all the
             images), DDP syncs once per step, and the logged losses are the batches' means.
         nan_hint: appended to the non-finite-loss error (what to check in the config).
+
+    Loss terms the model's layers declare as auxiliary (:class:`detgn.layers.auxiliary.AuxLoss`)
+    are back-propagated like the others, and logged and counted in ``total_loss`` as declared;
+    the parameters of a declared group flagged ``clip_separately`` are clipped on their own.
     """
 
     def __init__(
@@ -107,6 +107,8 @@ class Trainer:
         if self.accumulate < 1:
             raise ValueError(f"accumulate must be >= 1, got {accumulate}")
         self.device_type = _device_type(model)
+        self.aux_losses = declared_aux_losses(model)
+        self._clip_apart = {pid: g.name for pid, g in declared_param_groups(model).items() if g.clip_separately}
         if amp and self.device_type != "cuda":
             logger.info("SOLVER.AMP.ENABLED is ignored: the model is on the %s, AMP needs CUDA", self.device_type)
             amp = False
@@ -239,8 +241,9 @@ class Trainer:
         else:
             self._clip()
             self.optimizer.step()
-        total = sum(v for n, v in logged.items() if n not in AUXILIARY_LOSSES)
-        self.storage.put_scalars(**logged, total_loss=total)
+        aux = self.aux_losses
+        total = sum(v for n, v in logged.items() if n not in aux or aux[n].in_total)
+        self.storage.put_scalars(**{n: v for n, v in logged.items() if n not in aux or aux[n].log}, total_loss=total)
         self.storage.put_scalars(time=time.perf_counter() - start, data_time=data_time)
 
     def _next_batch(self):
@@ -255,11 +258,14 @@ class Trainer:
     def _clip(self) -> None:
         if self.grad_clip <= 0:
             return
-        # EvalNorm's alpha/beta (group "evalnorm") are clipped on their own: their gradients
-        # must not change the model's clipping factor (EvalNorm leaves training unchanged).
-        for evalnorm in (False, True):
-            params = [p for g in self.optimizer.param_groups if (g.get("name") == "evalnorm") == evalnorm
-                      for p in g["params"] if p.grad is not None]
+        # A declared group flagged clip_separately (a layer's own parameters, e.g. fitted beside
+        # the model) is clipped on its own: its gradients must not change the model's clipping factor.
+        parts: Dict[Optional[str], List[torch.Tensor]] = {None: []}
+        for g in self.optimizer.param_groups:
+            for p in g["params"]:
+                if p.grad is not None:
+                    parts.setdefault(self._clip_apart.get(id(p)), []).append(p)
+        for params in parts.values():
             if params:
                 torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
 

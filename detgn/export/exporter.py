@@ -280,7 +280,7 @@ def _runner_for_bytes(fmt: str, data: bytes):
 
 def metadata_from_config(cfg, *, config_name: str = "", weights: str = "") -> Dict:
     """The config-derived part of the metadata (class names, input, resize, thresholds)."""
-    from detgn.engine.visualize import category_ids_for, class_names_for
+    from detgn.visualization.predictions import category_ids_for, class_names_for
 
     names = class_names_for(cfg)
     category_ids = category_ids_for(cfg)

@@ -27,7 +27,7 @@ import numpy as np
 
 from detgn.data.mapper import ImageReadError, read_image
 from detgn.utils.file_io import atomic_write_json
-from detgn.utils.visualizer import draw_predictions, write_png
+from detgn.visualization.draw import draw_predictions, write_png
 
 __all__ = ["VIDEO_EXTENSIONS", "PredictSummary", "iter_inputs", "run_predict", "is_video"]
 
@@ -247,7 +247,7 @@ def predictor_for(backend: str, *, model_dir: Optional[str] = None, cfg=None, nu
     if backend not in ("auto", "torch"):
         raise ValueError(f"--backend {backend} runs an exported model: give --model DIR (tools/export_model.py)")
     from detgn.engine.predictor import Predictor
-    from detgn.engine.visualize import category_ids_for, class_names_for
+    from detgn.visualization.predictions import category_ids_for, class_names_for
 
     return Predictor(cfg), class_names_for(cfg), category_ids_for(cfg)
 

@@ -1,9 +1,10 @@
-"""Building blocks shared by every part: norms, conv, NMS/RoIAlign, RoI pooling."""
-from .batch_norm import (
-    BatchNorm2d,
+"""Building blocks shared by every part: norms (with EvalNorm), conv, NMS/RoIAlign, RoI pooling,
+and the auxiliary losses / parameter groups a layer may declare."""
+from .auxiliary import AuxiliaryModule, AuxLoss, ParamGroup, pop_aux_losses
+from .batch_norm import BatchNorm2d, evalnorm
+from .evalnorm_setup import (
     apply_evalnorm_rule,
     configure_evalnorm,
-    evalnorm,
     evalnorm_layers,
     evalnorm_summary,
     log_evalnorm_state,
@@ -27,6 +28,10 @@ from .weight_init import c2_msra_fill, c2_xavier_fill
 __all__ = [
     "at_least_fp32",
     "NORM_NAMES",
+    "AuxiliaryModule",
+    "AuxLoss",
+    "ParamGroup",
+    "pop_aux_losses",
     "BatchNorm2d",
     "apply_evalnorm_rule",
     "configure_evalnorm",

@@ -24,40 +24,42 @@ biased variances: :class:`BatchNorm2d` records n and B (``train_numel``,
 ``train_batch_size``: means over the training batches, checkpointed) and uses
 ``running_var * (n - 1) / n`` as var_E. The three ways to get alpha and beta:
 
-- online (:func:`configure_evalnorm` with ``mode="online"``): during training, each layer
-  adds the auxiliary L1 loss of eq. 9 between its stop-gradient training output
+- online (:func:`detgn.layers.evalnorm_setup.configure_evalnorm` with ``mode="online"``): during
+  training, each layer adds the auxiliary L1 loss of eq. 9 between its stop-gradient training output
   ``(x - mu_B) / sigma_B`` and the EvalNorm output of the stop-gradient input. Only
   alpha and beta receive gradients, so the model trains bit for bit as without EvalNorm;
-- offline (:func:`detgn.engine.norm_calibration.calibrate_evalnorm`): the same loss on a
+- offline (:func:`detgn.study.norm_calibration.calibrate_evalnorm`): the same loss on a
   trained, frozen model over training batches of the training batch size;
-- the rule of thumb alpha = beta = 1/B^2 (``mode="rule"`` or :func:`apply_evalnorm_rule`).
+- the rule of thumb alpha = beta = 1/B^2 (``mode="rule"`` or
+  :func:`~detgn.layers.evalnorm_setup.apply_evalnorm_rule`).
+
+This module is the layer and its pure functions; switching EvalNorm on in a whole model,
+the rule and the summaries are :mod:`detgn.layers.evalnorm_setup`. The layer declares its
+auxiliary loss (``loss_evalnorm``) and its parameter group (``"evalnorm"``) through
+:mod:`detgn.layers.auxiliary`, so the trainer and the solver need not know about it.
 """
 from __future__ import annotations
 
-import logging
-from typing import Iterator, List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-logger = logging.getLogger(__name__)
+from .auxiliary import AuxiliaryModule, AuxLoss, ParamGroup
 
 __all__ = [
     "BatchNorm2d",
-    "EVALNORM_MODES",
-    "apply_evalnorm_rule",
-    "configure_evalnorm",
+    "EVALNORM_LOSS",
     "evalnorm",
-    "evalnorm_layers",
+    "evalnorm_aux_loss",
     "evalnorm_moments",
-    "evalnorm_summary",
-    "log_evalnorm_state",
-    "pop_evalnorm_loss",
+    "normalize_per_sample",
     "sample_moments",
 ]
 
-EVALNORM_MODES = ("online", "offline", "rule")
+# The loss dict key of the online auxiliary loss (eq. 9), summed over the BN layers.
+EVALNORM_LOSS = "loss_evalnorm"
 # State added to nn.BatchNorm2d's; absent from older checkpoints and foreign files.
 _EXTRA_STATE = ("train_batch_size", "train_numel", "evalnorm_alpha", "evalnorm_beta")
 
@@ -102,7 +104,7 @@ def evalnorm_moments(
     return mu_hat, var_hat
 
 
-def _normalize(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float,
+def normalize_per_sample(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float,
                weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``(x - mean) / sqrt(var + eps) * weight + bias`` with per-sample (N, C) statistics."""
     scale = (var + eps).rsqrt()
@@ -135,7 +137,7 @@ def evalnorm(
     """
     mu_i, var_i = sample_moments(x)
     mu_hat, var_hat = evalnorm_moments(mu_i, var_i, running_mean.float(), running_var.float(), alpha, beta)
-    return _normalize(x, mu_hat, var_hat, eps, weight, bias)
+    return normalize_per_sample(x, mu_hat, var_hat, eps, weight, bias)
 
 
 class _EvalNormAuxLoss(torch.autograd.Function):
@@ -188,7 +190,7 @@ class _EvalNormAuxLoss(torch.autograd.Function):
         return None, None, None, grad * grad_alpha, grad * grad_beta, None
 
 
-def _evalnorm_aux_loss(x: torch.Tensor, mu_e: torch.Tensor, var_e: torch.Tensor, alpha: torch.Tensor,
+def evalnorm_aux_loss(x: torch.Tensor, mu_e: torch.Tensor, var_e: torch.Tensor, alpha: torch.Tensor,
                        beta: torch.Tensor, eps: float) -> torch.Tensor:
     """Eq. 9: mean |<(x - mu_B) / sigma_B> - (<x> - mu^) / sigma^|, gradients only to alpha and beta.
 
@@ -200,7 +202,7 @@ def _evalnorm_aux_loss(x: torch.Tensor, mu_e: torch.Tensor, var_e: torch.Tensor,
 # ---------------------------------------------------------------------------- #
 # The layer
 # ---------------------------------------------------------------------------- #
-class BatchNorm2d(nn.BatchNorm2d):
+class BatchNorm2d(AuxiliaryModule, nn.BatchNorm2d):
     """``nn.BatchNorm2d`` (the "BN" norm) that records its training batch and can evaluate with EvalNorm.
 
     Training output, running statistics and gradients are exactly ``nn.BatchNorm2d``'s.
@@ -210,9 +212,10 @@ class BatchNorm2d(nn.BatchNorm2d):
       n = B*H*W per channel, normalised together in the training batches so far;
     - ``evalnorm_alpha``, ``evalnorm_beta``: EvalNorm's scalars (0: plain BN).
 
-    Attributes set by :func:`configure_evalnorm` (not state): ``evalnorm_eval`` (use
-    EvalNorm in eval mode), ``evalnorm_rule`` (alpha = beta = 1/B^2 instead of the stored
-    values), ``evalnorm_loss_weight``. ``freeze_stats`` (set by calibration and PreciseBN)
+    Attributes set by :func:`detgn.layers.evalnorm_setup.configure_evalnorm` (not state):
+    ``evalnorm_eval`` (use EvalNorm in eval mode), ``evalnorm_rule`` (alpha = beta = 1/B^2
+    instead of the stored values), ``evalnorm_loss_weight``, ``evalnorm_lr_factor`` (of the
+    ``"evalnorm"`` parameter group it declares while alpha and beta are fitted). ``freeze_stats`` (set by calibration and PreciseBN)
     makes training-mode forwards normalise with the batch statistics without updating
     the running statistics or the records.
 
@@ -228,8 +231,18 @@ class BatchNorm2d(nn.BatchNorm2d):
         self.evalnorm_eval = False
         self.evalnorm_rule = False
         self.evalnorm_loss_weight = 1.0
+        self.evalnorm_lr_factor = 1.0
         self.freeze_stats = False
-        self._aux_losses: List[torch.Tensor] = []
+
+    # -- what it trains beside the model (detgn.layers.auxiliary) ---------------
+    def aux_losses(self) -> Tuple[AuxLoss, ...]:
+        # Reaches only alpha and beta: logged, but not part of total_loss.
+        return (AuxLoss(EVALNORM_LOSS, log=True, in_total=False),)
+
+    def aux_param_groups(self) -> Tuple[ParamGroup, ...]:
+        # Never decayed and clipped on their own: adding them changes nothing for the model.
+        return (ParamGroup("evalnorm", ("evalnorm_alpha", "evalnorm_beta"), lr_factor=self.evalnorm_lr_factor,
+                           weight_decay=0.0, clip_separately=True),)
 
     # -- state ----------------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -298,9 +311,9 @@ class BatchNorm2d(nn.BatchNorm2d):
             with torch.no_grad():  # projected gradient descent: alpha, beta stay in [0, 1]
                 self.evalnorm_alpha.clamp_(0, 1)
                 self.evalnorm_beta.clamp_(0, 1)
-            loss = _evalnorm_aux_loss(x, mu_e.float(), var_e.float(), self.evalnorm_alpha, self.evalnorm_beta,
-                                      self.eps)
-            self._aux_losses.append(loss * self.evalnorm_loss_weight)
+            loss = evalnorm_aux_loss(x, mu_e.float(), var_e.float(), self.evalnorm_alpha, self.evalnorm_beta,
+                                     self.eps)
+            self.add_aux_loss(EVALNORM_LOSS, loss * self.evalnorm_loss_weight)
         return out
 
     @torch.no_grad()
@@ -316,101 +329,3 @@ class BatchNorm2d(nn.BatchNorm2d):
         if self.evalnorm_eval:
             s += ", evalnorm=" + ("rule 1/B^2" if self.evalnorm_rule else "on")
         return s
-
-
-# ---------------------------------------------------------------------------- #
-# Model-level helpers
-# ---------------------------------------------------------------------------- #
-def evalnorm_layers(model: nn.Module) -> Iterator[Tuple[str, BatchNorm2d]]:
-    """The model's EvalNorm-capable BN layers (FrozenBN, SyncBN and GN are not)."""
-    for name, m in model.named_modules():
-        if isinstance(m, BatchNorm2d):
-            yield name, m
-
-
-def configure_evalnorm(model: nn.Module, *, enabled: bool, mode: str = "online", loss_weight: float = 1.0) -> int:
-    """Switch EvalNorm on or off in every BN layer of ``model``; returns how many layers there are.
-
-    Args:
-        enabled: evaluate with EvalNorm (False: plain BN evaluation, nothing fitted).
-        mode: "online" fits alpha, beta during training (they become parameters, to be given
-            to the optimizer); "offline" uses the stored values; "rule" uses 1/B^2.
-        loss_weight: weight of each layer's online auxiliary loss.
-    """
-    if mode not in EVALNORM_MODES:
-        raise ValueError(f"EvalNorm mode {mode!r} is unknown; choose one of {list(EVALNORM_MODES)}")
-    count = 0
-    for _, m in evalnorm_layers(model):
-        count += 1
-        m.evalnorm_eval = bool(enabled)
-        m.evalnorm_rule = bool(enabled) and mode == "rule"
-        m.evalnorm_loss_weight = float(loss_weight)
-        m.set_evalnorm_trainable(bool(enabled) and mode == "online")
-    return count
-
-
-def pop_evalnorm_loss(model: nn.Module) -> Optional[torch.Tensor]:
-    """Sum of the auxiliary losses the BN layers recorded since the last call (then cleared);
-    None when no layer fits alpha, beta. Meta-architectures add it as ``loss_evalnorm``."""
-    losses: List[torch.Tensor] = []
-    for _, m in evalnorm_layers(model):
-        if m._aux_losses:
-            losses.extend(m._aux_losses)
-            m._aux_losses = []
-    if not losses:
-        return None
-    return torch.stack(losses).sum()
-
-
-@torch.no_grad()
-def apply_evalnorm_rule(model: nn.Module) -> int:
-    """Store alpha = beta = 1/B^2 (B: each layer's recorded training batch) in every BN layer;
-    returns the number of layers set. Layers without a record are left as they are (warned)."""
-    done, unknown = 0, []
-    for name, m in evalnorm_layers(model):
-        b = float(m.train_batch_size)
-        if b <= 0:
-            unknown.append(name)
-            continue
-        m.evalnorm_alpha.fill_(1.0 / (b * b))
-        m.evalnorm_beta.fill_(1.0 / (b * b))
-        done += 1
-    if unknown:
-        logger.warning("EvalNorm 1/B^2 rule: %d BN layer(s) carry no recorded training batch size and keep their "
-                       "alpha/beta (e.g. %s)", len(unknown), unknown[0])
-    return done
-
-
-def evalnorm_summary(model: nn.Module) -> str:
-    """One line: how many BN layers, their recorded B and alpha/beta ranges, e.g. for the log."""
-    layers = [m for _, m in evalnorm_layers(model)]
-    if not layers:
-        return "no BN layer"
-    bs = sorted({round(float(m.train_batch_size), 2) for m in layers})
-    al, be = [], []
-    for m in layers:
-        rule = m.evalnorm_rule and float(m.train_batch_size) > 0
-        a, b = m.evalnorm_weights() if rule else (m.evalnorm_alpha.detach(), m.evalnorm_beta.detach())
-        al.append(float(a.clamp(0, 1)))
-        be.append(float(b.clamp(0, 1)))
-    if not layers[0].evalnorm_eval:
-        state = "plain BN"
-    else:
-        state = "EvalNorm, rule 1/B^2" if layers[0].evalnorm_rule else "EvalNorm"
-    b_text = ", ".join(f"{b:g}" for b in bs[:6]) + (" ..." if len(bs) > 6 else "")
-    return (f"{len(layers)} BN layers ({state} at evaluation); recorded training batch B: {b_text}; "
-            f"alpha {min(al):.3f}..{max(al):.3f} (median {sorted(al)[len(al) // 2]:.3f}), "
-            f"beta {min(be):.3f}..{max(be):.3f} (median {sorted(be)[len(be) // 2]:.3f})")
-
-
-def log_evalnorm_state(model: nn.Module) -> None:
-    """Log how the BN layers will evaluate; warn when the weights carry EvalNorm values that
-    the configuration does not use (MODEL.EVALNORM.ENABLED False)."""
-    layers = [m for _, m in evalnorm_layers(model)]
-    if not layers:
-        return
-    logger.info("Evaluating with %s", evalnorm_summary(model))
-    calibrated = any(float(m.evalnorm_alpha.detach()) > 0 or float(m.evalnorm_beta.detach()) > 0 for m in layers)
-    if calibrated and not layers[0].evalnorm_eval:
-        logger.warning("The weights carry EvalNorm alpha/beta, but MODEL.EVALNORM.ENABLED is False: evaluating with "
-                       "plain BN statistics. Set MODEL.EVALNORM.ENABLED True MODEL.EVALNORM.MODE offline to use them")

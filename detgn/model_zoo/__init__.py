@@ -10,8 +10,8 @@ file runs), verified or not.
 The zoo is a leaf: ``catalog`` (names -> files), ``verify`` (cache, sha256, trust),
 ``transfer`` (mirror and HTTP) and ``download`` import nothing of detgn but
 ``detgn.utils``. Configs and models by zoo name (``get``, ``get_config``,
-``trained_weights_name``) live one level up in :mod:`detgn.zoo`; the names here are
-aliases resolved on first use, so importing the zoo never imports the model code.
+``trained_weights_name``) are :mod:`detgn.model_zoo.configs`, the one zoo module that
+builds models; importing ``detgn.model_zoo`` does not import it (nor any model code).
 """
 from .catalog import (
     MODEL_ZOO,
@@ -49,25 +49,11 @@ __all__ = [
     "cache_root",
     "download",
     "file_sha256",
-    "get",
     "get_checkpoint_path",
-    "get_config",
     "is_trusted_zoo_file",
     "is_verified",
     "list_models",
     "mirror_root",
     "register_model",
     "resolve",
-    "trained_weights_name",
 ]
-
-_FACADE = ("get", "get_config", "trained_weights_name")
-
-
-def __getattr__(name: str):
-    # Aliases of detgn.zoo, imported on first use only: the zoo stays a leaf at import.
-    if name in _FACADE:
-        from detgn import zoo
-
-        return getattr(zoo, name)
-    raise AttributeError(f"module 'detgn.model_zoo' has no attribute '{name}'")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from detgn.config import ConfigError, load_config
-from detgn.layers.batch_norm import EVALNORM_MODES, configure_evalnorm
+from detgn.layers.evalnorm_setup import EVALNORM_MODES, configure_evalnorm
 
 from .classifier import ImageClassifier
 from .describe import describe_model
@@ -69,7 +69,8 @@ def _configure_evalnorm(cfg, model: nn.Module) -> None:
     e = cfg.MODEL.EVALNORM
     if e.MODE not in EVALNORM_MODES:
         raise ConfigError(f"MODEL.EVALNORM.MODE = {e.MODE!r}; choose one of {list(EVALNORM_MODES)}")
-    count = configure_evalnorm(model, enabled=e.ENABLED, mode=e.MODE, loss_weight=e.LOSS_WEIGHT)
+    count = configure_evalnorm(model, enabled=e.ENABLED, mode=e.MODE, loss_weight=e.LOSS_WEIGHT,
+                               lr_factor=e.LR_FACTOR)
     if e.ENABLED and count == 0:
         logger.warning("MODEL.EVALNORM.ENABLED is True but the model has no BN layer (norm 'BN'): nothing to do")
     elif e.ENABLED:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detgn.config import ConfigError
-from detgn.layers.batch_norm import pop_evalnorm_loss
+from detgn.layers.auxiliary import pop_aux_losses
 
 __all__ = ["ImageClassifier", "save_trunk", "trunk_state_dict", "TRUNK_PREFIX"]
 
@@ -78,16 +78,14 @@ class ImageClassifier(nn.Module):
             return [{"logits": row} for row in logits.detach()]
         labels = torch.as_tensor([int(x["label"]) for x in batched_inputs], device=logits.device)
         losses = {"loss_cls": F.cross_entropy(logits, labels)}
-        evalnorm_loss = pop_evalnorm_loss(self)  # only while BN layers fit EvalNorm online
-        if evalnorm_loss is not None:
-            losses["loss_evalnorm"] = evalnorm_loss
+        losses.update(pop_aux_losses(self))  # what layers record beside the model (e.g. EvalNorm fitted online)
         return losses
 
     @classmethod
     def from_config(cls, cfg) -> "ImageClassifier":
         """``MODEL.RESNETS.*`` trunk up to ``MODEL.CLASSIFIER.IN_FEATURE``, frozen up to
         ``MODEL.BACKBONE.FREEZE_AT`` (0 for pre-training), ``MODEL.CLASSIFIER.NUM_CLASSES`` outputs."""
-        from detgn.modeling.backbone.resnet import ResNet, _freeze_at, _resnet_kwargs_from_cfg
+        from detgn.modeling.backbone.resnet import ResNet, freeze_at_from_cfg, resnet_kwargs_from_cfg
 
         c = cfg.MODEL.CLASSIFIER
         known = ("res2", "res3", "res4", "res5")
@@ -97,8 +95,8 @@ class ImageClassifier(nn.Module):
             raise ConfigError(f"MODEL.CLASSIFIER.NUM_CLASSES = {c.NUM_CLASSES}; a classifier needs at least 2")
         if len(cfg.MODEL.PIXEL_MEAN) != len(cfg.MODEL.PIXEL_STD):
             raise ConfigError("MODEL.PIXEL_MEAN and MODEL.PIXEL_STD have different lengths")
-        trunk = ResNet(**_resnet_kwargs_from_cfg(cfg), in_channels=len(cfg.MODEL.PIXEL_MEAN),
-                       out_features=[c.IN_FEATURE], freeze_at=_freeze_at(cfg))
+        trunk = ResNet(**resnet_kwargs_from_cfg(cfg), in_channels=len(cfg.MODEL.PIXEL_MEAN),
+                       out_features=[c.IN_FEATURE], freeze_at=freeze_at_from_cfg(cfg))
         return cls(trunk=trunk, in_feature=c.IN_FEATURE, num_classes=c.NUM_CLASSES,
                    pixel_mean=cfg.MODEL.PIXEL_MEAN, pixel_std=cfg.MODEL.PIXEL_STD)
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detgn.layers.batch_norm import pop_evalnorm_loss
+from detgn.layers.auxiliary import pop_aux_losses
 from detgn.layers.mask_ops import paste_masks_in_image
 from detgn.structures import Boxes, ImageList, Instances
 from detgn.utils.cpu import bf16_autocast, log_bf16_choice, resolve_bf16
@@ -181,9 +181,7 @@ class GeneralizedRCNN(nn.Module):
         _, detector_losses = self.roi_heads(images, features, proposals, gt_instances)
         losses = dict(proposal_losses)
         losses.update(detector_losses)
-        evalnorm_loss = pop_evalnorm_loss(self)  # only while BN layers fit EvalNorm online
-        if evalnorm_loss is not None:
-            losses["loss_evalnorm"] = evalnorm_loss
+        losses.update(pop_aux_losses(self))  # what layers record beside the model (e.g. EvalNorm fitted online)
         return losses
 
     def inference(self, batched_inputs: List[Dict], do_postprocess: bool = True) -> List:

@@ -7,8 +7,9 @@ normalization layer's parameters go to their own group with
 BatchNorm of any kind (``_NormBase`` covers BatchNorm1/2/3d, SyncBatchNorm and
 InstanceNorm with affine), GroupNorm, LayerNorm, LocalResponseNorm, or any class
 that sets ``is_norm = True`` (detgn's own norm layers). Biases of other layers
-get ``BIAS_LR_FACTOR`` and ``WEIGHT_DECAY_BIAS``. Frozen parameters
-(``requires_grad=False``) are left out.
+get ``BIAS_LR_FACTOR`` and ``WEIGHT_DECAY_BIAS``. Parameters a layer puts in a group of
+its own (:class:`detgn.layers.auxiliary.ParamGroup`) go there, after these three groups.
+Frozen parameters (``requires_grad=False``) are left out.
 """
 from __future__ import annotations
 
@@ -18,18 +19,14 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from detgn.layers.auxiliary import declared_param_groups
+
 from .schedule import Schedule
 
 __all__ = ["is_norm_module", "get_param_groups", "format_param_groups", "build_optimizer"]
 
 _NORM_TYPES = (_NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
-# Group names, in the (fixed) order the optimizer sees them: optimizer state in a
-# checkpoint is matched to groups by position.
-_GROUP_ORDER = ("weights", "biases", "norm", "evalnorm")
-# EvalNorm's alpha and beta (detgn.layers.BatchNorm2d, fitted online): their own group,
-# no weight decay, so adding them changes nothing for the other parameters.
-_EVALNORM_PARAMS = ("evalnorm_alpha", "evalnorm_beta")
 
 
 def is_norm_module(module: nn.Module) -> bool:
@@ -45,7 +42,6 @@ def get_param_groups(
     weight_decay_norm: float,
     bias_lr_factor: float = 1.0,
     weight_decay_bias: float,
-    evalnorm_lr_factor: float = 1.0,
 ) -> List[Dict]:
     """Split the trainable parameters of ``model`` into optimizer groups.
 
@@ -56,14 +52,16 @@ def get_param_groups(
         weight_decay_norm: decay of every normalization layer's gamma and beta.
         bias_lr_factor: LR multiplier of non-norm biases.
         weight_decay_bias: decay of non-norm biases.
-        evalnorm_lr_factor: LR multiplier of EvalNorm's alpha and beta (never decayed).
 
     Returns:
-        up to four dicts ``{"name", "params", "param_names", "lr", "weight_decay"}``
-        ("weights", "biases", "norm", "evalnorm"; empty ones are omitted). Each parameter
+        dicts ``{"name", "params", "param_names", "lr", "weight_decay"}``: "weights",
+        "biases", "norm", then the groups layers declare (LR ``base_lr x lr_factor``, their
+        own decay); empty ones are omitted. Each parameter
         appears once even when shared between modules.
     """
     seen = set()
+    # In the (fixed) order the optimizer sees them: optimizer state in a checkpoint is matched
+    # to groups by position. Groups layers declare come last, in the order their first parameter is met.
     groups: Dict[str, Dict] = {
         "weights": {"name": "weights", "params": [], "param_names": [], "lr": base_lr, "weight_decay": weight_decay},
         "biases": {
@@ -74,22 +72,24 @@ def get_param_groups(
             "weight_decay": weight_decay_bias,
         },
         "norm": {"name": "norm", "params": [], "param_names": [], "lr": base_lr, "weight_decay": weight_decay_norm},
-        "evalnorm": {"name": "evalnorm", "params": [], "param_names": [], "lr": base_lr * evalnorm_lr_factor,
-                     "weight_decay": 0.0},
     }
+    declared = declared_param_groups(model)
     for mod_name, module in model.named_modules():
         norm = is_norm_module(module)
         for p_name, p in module.named_parameters(recurse=False):
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
-            if norm and p_name in _EVALNORM_PARAMS:
-                kind = "evalnorm"
+            if id(p) in declared:
+                spec = declared[id(p)]
+                kind = spec.name
+                groups.setdefault(kind, {"name": kind, "params": [], "param_names": [], "lr": base_lr * spec.lr_factor,
+                                         "weight_decay": spec.weight_decay})
             else:
                 kind = "norm" if norm else ("biases" if p_name == "bias" else "weights")
             groups[kind]["params"].append(p)
             groups[kind]["param_names"].append(f"{mod_name}.{p_name}" if mod_name else p_name)
-    return [groups[k] for k in _GROUP_ORDER if groups[k]["params"]]
+    return [g for g in groups.values() if g["params"]]
 
 
 def format_param_groups(optimizer: torch.optim.Optimizer) -> str:
@@ -127,7 +127,6 @@ def build_optimizer(cfg, model: nn.Module, schedule: Schedule) -> torch.optim.Op
         weight_decay_norm=s.WEIGHT_DECAY_NORM,
         bias_lr_factor=s.BIAS_LR_FACTOR,
         weight_decay_bias=s.WEIGHT_DECAY_BIAS,
-        evalnorm_lr_factor=cfg.MODEL.EVALNORM.LR_FACTOR,
     )
     if not groups:
         raise ValueError(

@@ -78,7 +78,7 @@ def make_records(root: Path, bad=BAD):
 def loader_for(records, log_path, *, workers=0, start_iter=0, tracker=None, rank=0, world_size=1, **limits):
     return make_train_loader(
         records, mapper=CountingMapper(log_path), batch_size=1, seed=5, num_workers=workers,
-        start_iter=start_iter, bad_images=tracker, rank=rank, world_size=world_size, **limits,
+        start_batch=start_iter, bad_images=tracker, rank=rank, world_size=world_size, **limits,
     )
 
 

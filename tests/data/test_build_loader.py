@@ -88,7 +88,7 @@ def test_resume_yields_the_batches_of_iteration_k(tiny_name, ims, grouping):
     cfg = _cfg(tiny_name, ims=ims, grouping=grouping)
     full = _summary(_take(build_detection_train_loader(cfg), 12))
     for k in (1, 7):
-        resumed = _summary(_take(build_detection_train_loader(cfg, start_iter=k), 12 - k))
+        resumed = _summary(_take(build_detection_train_loader(cfg, start_batch=k), 12 - k))
         assert resumed == full[k:]
     cfg.SEED = 12
     assert _summary(_take(build_detection_train_loader(cfg), 12)) != full
@@ -204,7 +204,7 @@ def test_custom_mapper_without_rng(tiny_name):
 
 
 def test_benchmark_loader_reports_throughput(tiny_name):
-    from detgn.data.benchmark import benchmark_loader
+    from detgn.benchmark.loader import benchmark_loader
 
     result = benchmark_loader(_cfg(tiny_name, ims=2), 8, warmup_images=2, window=4)
     assert result["num_images"] >= 8 and result["ims_per_gpu"] == 2 and result["num_workers"] == 0

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from detgn.data import load_coco_json
-from detgn.data.coco import REASONS, CocoFormatError, Problem, scan_coco, summarize_problems
+from detgn.data.datasets.coco import REASONS, CocoFormatError, Problem, scan_coco, summarize_problems
 
 
 def _ann(data, ann_id):
@@ -104,7 +104,7 @@ def test_structural_problem_stops_the_default_and_skip_drops_it(tiny_coco, caplo
     assert scan.problems[0].ann_id == ann_id and scan.problems[0].action == "error"
 
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="detgn.data.coco"):
+    with caplog.at_level(logging.WARNING, logger="detgn.data.datasets.coco"):
         records = load_coco_json(path, tiny_coco.image_root, on_bad="skip")
     kept = {a["id"] for r in records for a in r["annotations"]}
     assert ann_id not in kept and len(kept) == 7
@@ -129,7 +129,7 @@ DEGENERATE_CASES = [
                          ids=[c[2] + "-" + c[3][:12] for c in DEGENERATE_CASES])
 def test_degenerate_annotation_is_dropped_and_named_by_default(tiny_coco, caplog, ann_id, mutate, reason, words):
     data, path, image_id = _broken_copy(tiny_coco, ann_id, mutate)
-    with caplog.at_level(logging.WARNING, logger="detgn.data.coco"):
+    with caplog.at_level(logging.WARNING, logger="detgn.data.datasets.coco"):
         records = load_coco_json(path, tiny_coco.image_root)
     kept = {a["id"] for r in records for a in r["annotations"]}
     assert ann_id not in kept and len(kept) == 7 and len(records) == 6
@@ -151,7 +151,7 @@ def test_repairs_are_applied_and_named(tiny_coco, caplog):
     _ann(data, 2)["bbox"] = [-3, 10, 20, 5]  # image 101: 3 px left of the image
     _ann(data, 3)["segmentation"].append([1, 1, 1, 1, 2, 2])  # a third, degenerate part
     path = tiny_coco.write(data)
-    with caplog.at_level(logging.WARNING, logger="detgn.data.coco"):
+    with caplog.at_level(logging.WARNING, logger="detgn.data.datasets.coco"):
         records = load_coco_json(path, tiny_coco.image_root)
     anns = {a["id"]: a for r in records for a in r["annotations"]}
     assert len(anns) == 8
@@ -180,7 +180,7 @@ def test_real_coco_2017_zero_height_records_verbatim(tiny_coco, caplog):
          "iscrowd": 0, "image_id": 550395, "bbox": [9.98, 188.56, 5.54, 0.0], "category_id": 1, "id": 2206849},
     ]
     path = tiny_coco.write(data)
-    with caplog.at_level(logging.WARNING, logger="detgn.data.coco"):
+    with caplog.at_level(logging.WARNING, logger="detgn.data.datasets.coco"):
         records = load_coco_json(path, tiny_coco.image_root)
     assert len(records) == 8 and sum(len(r["annotations"]) for r in records) == 8
     line = next(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
@@ -205,7 +205,7 @@ def test_skip_summary_counts_by_reason(tiny_coco, caplog):
     _ann(data, 6)["segmentation"] = [[1, 2, 3, 4]]
     _ann(data, 8)["category_id"] = 1000
     path = tiny_coco.write(data)
-    with caplog.at_level(logging.WARNING, logger="detgn.data.coco"):
+    with caplog.at_level(logging.WARNING, logger="detgn.data.datasets.coco"):
         records = load_coco_json(path, tiny_coco.image_root, on_bad="skip")
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(lines) == 1
@@ -257,7 +257,7 @@ def test_duplicate_annotation_ids(tiny_coco, caplog):
     with pytest.raises(CocoFormatError) as e:
         load_coco_json(path, tiny_coco.image_root)
     assert "annotation id 7 is used more than once" in str(e.value) and "image id 106" in str(e.value)
-    with caplog.at_level(logging.WARNING, logger="detgn.data.coco"):
+    with caplog.at_level(logging.WARNING, logger="detgn.data.datasets.coco"):
         records = load_coco_json(path, tiny_coco.image_root, on_bad="skip")
     assert [a["id"] for a in records[5]["annotations"]] == [7]
     assert any("skipped 1 annotation (1 duplicate annotation id: id 7 (image 106))" in r.getMessage()
@@ -274,7 +274,7 @@ def test_duplicate_image_ids_and_bad_image_records(tiny_coco, caplog):
     assert path in str(e.value) and "image id 105" in str(e.value) and "positive integers" in str(e.value)
     scan = scan_coco(data, path)
     assert sorted(p.reason for p in scan.problems) == ["bad_image_record", "duplicate_image_id", "image_dropped"]
-    with caplog.at_level(logging.WARNING, logger="detgn.data.coco"):
+    with caplog.at_level(logging.WARNING, logger="detgn.data.datasets.coco"):
         records = load_coco_json(path, tiny_coco.image_root, on_bad="skip")
     assert [r["image_id"] for r in records] == [101, 102, 103, 104, 106]
     assert records[0]["file_name"].endswith("000101.png")  # the first entry of id 101 wins
@@ -337,7 +337,7 @@ def test_annotations_without_ids_are_counted_separately(tiny_coco, caplog):
     with pytest.raises(CocoFormatError) as e:
         load_coco_json(path, tiny_coco.image_root)
     assert "annotations[6] (no id) (image id 106): missing key(s) ['id']" in str(e.value)
-    with caplog.at_level(logging.WARNING, logger="detgn.data.coco"):
+    with caplog.at_level(logging.WARNING, logger="detgn.data.datasets.coco"):
         load_coco_json(path, tiny_coco.image_root, on_bad="skip")
     assert any("skipped 2 annotations (2 annotations with missing keys: annotations[6] (image 106), "
                "annotations[7] (image 106))" in r.getMessage() for r in caplog.records)

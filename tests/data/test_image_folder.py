@@ -23,7 +23,7 @@ from detgn.data import (
     register_image_folder,
 )
 from detgn.data.catalog import DatasetNotFoundError
-from detgn.data.image_folder import random_resized_crop_box
+from detgn.data.classification import random_resized_crop_box
 from detgn.data.mapper import ImageReadError
 
 BGR = (20, 120, 220)  # distinct channels: the order of the output is visible
@@ -130,7 +130,7 @@ def test_missing_or_empty_root_says_where_and_what(tmp_path, monkeypatch):
 
 
 def test_builtins_resolve_under_DETGN_DATASETS(tmp_path, monkeypatch):
-    from detgn.data.synthetic_cls import ClsStyle, class_names, generate_synthetic_cls
+    from detgn.data.datasets.synthetic_cls import ClsStyle, class_names, generate_synthetic_cls
 
     generate_synthetic_cls(str(tmp_path / "synthetic_cls"), num_train=8, num_val=4, seed=0,
                            style=ClsStyle(size=32, num_classes=4), log=None)
@@ -242,7 +242,7 @@ def test_train_loader_batches_and_exact_resume(folders):
     assert len({d["file_name"] for d in full[0] + full[1]}) == 6  # one epoch = every image once
     full = _summary(full)
     for k in (1, 5):
-        assert _summary(_take(build_classification_train_loader(cfg, start_iter=k), 8 - k)) == full[k:]
+        assert _summary(_take(build_classification_train_loader(cfg, start_batch=k), 8 - k)) == full[k:]
     cfg.SEED = 8
     assert _summary(_take(build_classification_train_loader(cfg), 8)) != full
 

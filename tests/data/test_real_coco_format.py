@@ -18,7 +18,7 @@ import torch
 
 from detgn.config import get_cfg
 from detgn.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader, register_coco_instances
-from detgn.data.coco import CocoFormatError, load_coco_json
+from detgn.data.datasets.coco import CocoFormatError, load_coco_json
 from detgn.data.mapper import DatasetMapper
 from detgn.evaluation import COCOEvaluator
 from detgn.structures import Boxes, Instances

@@ -16,7 +16,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detgn.data.synthetic import (
+from detgn.data.datasets.synthetic import (
     CATEGORIES,
     coco_statistics,
     generate_synthetic_coco,

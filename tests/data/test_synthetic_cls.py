@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from detgn.data import load_image_folder
-from detgn.data.synthetic import CATEGORIES
-from detgn.data.synthetic_cls import ClsStyle, class_names, generate_synthetic_cls, render_cls_sample
+from detgn.data.datasets.synthetic import CATEGORIES
+from detgn.data.datasets.synthetic_cls import ClsStyle, class_names, generate_synthetic_cls, render_cls_sample
 
 REPO = Path(__file__).resolve().parents[2]
 SEED, N_TRAIN, N_VAL = 5, 24, 8

@@ -1,5 +1,5 @@
 """The validator and the loader speak of the same problems: every reason the loader drops, repairs
-or stops on (``detgn.data.coco_problems.REASONS``) is reported by ``tools/validate_dataset.py`` under
+or stops on (``detgn.data.datasets.coco_problems.REASONS``) is reported by ``tools/validate_dataset.py`` under
 its name with the record's id, and box-only annotations (trained without a mask) are listed.
 
 ``TRIGGERS`` holds one broken record per reason; a reason added to REASONS without a trigger
@@ -10,8 +10,8 @@ import logging
 
 import pytest
 
-from detgn.data.coco import CocoFormatError, load_coco_json
-from detgn.data.coco_problems import REASONS
+from detgn.data.datasets.coco import CocoFormatError, load_coco_json
+from detgn.data.datasets.coco_problems import REASONS
 
 VALID_SQUARE = [10.0, 12.0, 40.0, 12.0, 40.0, 32.0, 10.0, 32.0]
 

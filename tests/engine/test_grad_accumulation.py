@@ -195,7 +195,7 @@ def test_resume_with_accumulation_and_unreadable_files_continues_the_stream(tmp_
         cfg = toy_cfg(out, **{"SOLVER.IMS_PER_GPU": 1, "SOLVER.GRAD_ACCUM_STEPS": 2, "SOLVER.MAX_ITER": 8,
                               "SOLVER.STEPS": (5,)})
         t = build_trainer(cfg, model, bad_images=tracker, writers=[], data_loader_fn=lambda s: make_train_loader(
-            records, mapper=CountingMapper(log), batch_size=1, seed=5, start_iter=s, bad_images=tracker))
+            records, mapper=CountingMapper(log), batch_size=1, seed=5, start_batch=s, bad_images=tracker))
         if stop:
             t.register_hooks([stop_after(stop)])
         start = t.resume_or_load("", resume=True)

@@ -1,7 +1,5 @@
 """tools/train_net.py command line and the run set-up (config dump, logs, seed)."""
-import importlib.util
 import logging
-from pathlib import Path
 
 import pytest
 import yaml
@@ -10,15 +8,12 @@ from detgn.config import get_cfg
 from detgn.engine import default_argument_parser, default_setup
 from detgn.utils.logger import log_path, setup_logger
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture
 def train_net():
-    spec = importlib.util.spec_from_file_location("train_net_under_test", REPO / "tools" / "train_net.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from detgn.engine import run
+
+    return run
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """The evaluator benchmark runs and its numbers are consistent."""
-from detgn.evaluation.benchmark import benchmark_evaluator
+from detgn.benchmark.evaluator import benchmark_evaluator
 
 
 def test_benchmark_evaluator_small():

@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "modeling"))
 from detector_testdata import tiny_cfg  # noqa: E402
 
-from detgn.export.benchmark import make_random_weights_decisive  # noqa: E402
+from detgn.benchmark.backends import make_random_weights_decisive  # noqa: E402
 from detgn.export.compare import match_detections  # noqa: E402
 from detgn.layers import FrozenBatchNorm2d  # noqa: E402
 from detgn.modeling import build_model  # noqa: E402

@@ -13,7 +13,7 @@ from export_testdata import assert_same_detections, decisive_weights, export_cfg
 
 from detgn.engine import Predictor
 from detgn.export import ExportError, ExportedPredictor, export_model, read_metadata
-from detgn.layers.batch_norm import evalnorm_layers
+from detgn.layers.evalnorm_setup import evalnorm_layers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detgn.engine.norm_calibration import calibrate_evalnorm, precise_bn
+from detgn.modeling.precise_bn import precise_bn
+from detgn.study.norm_calibration import calibrate_evalnorm
 from detgn.layers import BatchNorm2d, Norm, apply_evalnorm_rule, configure_evalnorm, evalnorm, pop_evalnorm_loss
 from detgn.layers.batch_norm import evalnorm_moments, sample_moments
 
@@ -235,7 +236,7 @@ def test_syncbn_and_frozen_bn_untouched():
 @pytest.mark.parametrize("alpha,beta", [(0.0, 0.0), (0.3, 0.6), (1.0, 1.0), (0.7, 0.2)])
 def test_aux_loss_and_its_closed_form_gradients_match_autograd(alpha, beta):
     """The online/offline loss (eq. 9) and its alpha/beta gradients against a direct autograd computation."""
-    from detgn.layers.batch_norm import _evalnorm_aux_loss, _normalize
+    from detgn.layers.batch_norm import evalnorm_aux_loss as _evalnorm_aux_loss, normalize_per_sample as _normalize
 
     x = _varied_batch(n=3, dtype=torch.float64)
     g = torch.Generator().manual_seed(4)

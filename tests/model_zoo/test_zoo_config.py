@@ -1,4 +1,4 @@
-"""model_zoo.get_config / get: config names, trained-weights names, model wiring."""
+"""model_zoo.configs.get_config / get: config names, trained-weights names, model wiring."""
 from __future__ import annotations
 
 import hashlib
@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from detgn import model_zoo
+from detgn.model_zoo import configs as zoo_configs
 from detgn.config import ConfigError
 
 
@@ -28,23 +29,23 @@ def configs(tmp_path, monkeypatch, zoo_env):
 
 def test_get_config_by_file_or_zoo_name(configs):
     for name in ("tiny.yaml", "tiny", "paper/tiny.yaml", "detgn://tiny/model_final"):
-        cfg = model_zoo.get_config(name)
+        cfg = zoo_configs.get_config(name)
         assert cfg.SOLVER.MAX_ITER == 7 and cfg.MODEL.MASK_ON is False and cfg.MODEL.WEIGHTS == ""
-    assert model_zoo.get_config("pre").MODEL.WEIGHTS == "detgn://ImageNetPretrained/R-50-GN"
-    assert model_zoo.get_config("tiny", opts=["SOLVER.MAX_ITER", "9"]).SOLVER.MAX_ITER == 9
+    assert zoo_configs.get_config("pre").MODEL.WEIGHTS == "detgn://ImageNetPretrained/R-50-GN"
+    assert zoo_configs.get_config("tiny", opts=["SOLVER.MAX_ITER", "9"]).SOLVER.MAX_ITER == 9
     with pytest.raises(ConfigError, match="No config file"):
-        model_zoo.get_config("nonexistent.yaml")
+        zoo_configs.get_config("nonexistent.yaml")
 
 
 def test_trained_needs_a_published_entry(configs):
     with pytest.raises(ValueError, match=r"No trained weights for config 'tiny'.*none yet"):
-        model_zoo.get_config("tiny.yaml", trained=True)
+        zoo_configs.get_config("tiny.yaml", trained=True)
     model_zoo.register_model("tiny/model_final", "tiny/model_final.pth", "ab" * 32)
     for name in ("tiny.yaml", "paper/tiny", "detgn://tiny/model_final"):
-        assert model_zoo.get_config(name, trained=True).MODEL.WEIGHTS == "detgn://tiny/model_final"
+        assert zoo_configs.get_config(name, trained=True).MODEL.WEIGHTS == "detgn://tiny/model_final"
     # A catalog keyed by the path under configs/ is found from the bare name too.
     model_zoo.register_model("paper/pre/model_final", "pre/model_final.pth", "cd" * 32)
-    assert model_zoo.trained_weights_name("pre.yaml") == "detgn://paper/pre/model_final"
+    assert zoo_configs.trained_weights_name("pre.yaml") == "detgn://paper/pre/model_final"
 
 
 def test_get_wires_build_model_and_load_weights(configs, monkeypatch):
@@ -62,15 +63,15 @@ def test_get_wires_build_model_and_load_weights(configs, monkeypatch):
 
     monkeypatch.setattr(predictor_mod, "build_model", fake_build)
     monkeypatch.setattr(predictor_mod, "load_weights", fake_load)
-    model_zoo.get("tiny.yaml")
+    zoo_configs.get("tiny.yaml")
     assert calls == [("build", "cpu", "")]  # empty MODEL.WEIGHTS: nothing to load
     calls.clear()
-    model_zoo.get("pre.yaml")
+    zoo_configs.get("pre.yaml")
     assert calls == [("build", "cpu", "detgn://ImageNetPretrained/R-50-GN"),
                      ("load", "Linear", "detgn://ImageNetPretrained/R-50-GN")]
     calls.clear()
     model_zoo.register_model("tiny/model_final", "tiny/model_final.pth", "ab" * 32)
-    model_zoo.get("detgn://tiny/model_final", trained=True)
+    zoo_configs.get("detgn://tiny/model_final", trained=True)
     assert calls == [("build", "cpu", "detgn://tiny/model_final"), ("load", "Linear", "detgn://tiny/model_final")]
 
 
@@ -79,7 +80,7 @@ def test_get_trained_end_to_end(configs, server):
 
     Assumes load_weights accepts a ``torch.save({"model": state_dict})`` file.
     """
-    model = model_zoo.get("tiny.yaml")
+    model = zoo_configs.get("tiny.yaml")
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.01)
@@ -88,7 +89,7 @@ def test_get_trained_end_to_end(configs, server):
     data = stream.getvalue()
     server.files["tiny/model_final.pth"] = data
     model_zoo.register_model("tiny/model_final", "tiny/model_final.pth", hashlib.sha256(data).hexdigest())
-    trained = model_zoo.get("tiny", trained=True)
+    trained = zoo_configs.get("tiny", trained=True)
     want = model.state_dict()
     got = trained.state_dict()
     for k, v in want.items():

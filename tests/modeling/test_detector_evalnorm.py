@@ -4,7 +4,8 @@ import copy
 import pytest
 import torch
 
-from detgn.engine.norm_calibration import calibrate_evalnorm, precise_bn
+from detgn.modeling.precise_bn import precise_bn
+from detgn.study.norm_calibration import calibrate_evalnorm
 from detgn.layers import BatchNorm2d, configure_evalnorm, evalnorm_layers
 from detgn.modeling import build_model
 from detgn.solver import build_optimizer, resolve_schedule

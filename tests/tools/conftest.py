@@ -104,7 +104,7 @@ CPU:
 
 @pytest.fixture(scope="session")
 def tools_synthetic_root(tmp_path_factory) -> Path:
-    from detgn.data.synthetic import generate_synthetic_coco
+    from detgn.data.datasets.synthetic import generate_synthetic_coco
 
     root = tmp_path_factory.mktemp("detgn_datasets")
     generate_synthetic_coco(str(root / "synthetic"), num_train=NUM_TRAIN, num_val=NUM_VAL, seed=0,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from detgn.engine import norm_study as S
+from detgn.study import norm_study as S
 
 REPO = Path(__file__).resolve().parents[2]
 

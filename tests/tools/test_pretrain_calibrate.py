@@ -22,7 +22,7 @@ CONFIG = "classification/synthetic_cls_R18_GN.yaml"
 
 @pytest.fixture(scope="module")
 def cls_root(tmp_path_factory):
-    from detgn.data.synthetic_cls import ClsStyle, generate_synthetic_cls
+    from detgn.data.datasets.synthetic_cls import ClsStyle, generate_synthetic_cls
 
     root = tmp_path_factory.mktemp("cls_datasets")
     generate_synthetic_cls(str(root / "synthetic_cls"), num_train=48, num_val=16, seed=0, style=ClsStyle(size=32),

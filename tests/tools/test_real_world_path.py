@@ -89,8 +89,10 @@ def test_fpn_gn_long_from_scratch_on_the_real_format(tools_helpers, coco2017_lik
 
 
 @pytest.fixture
-def train_net(tools_helpers):
-    return tools_helpers.load_tool("train_net")
+def train_net():
+    from detgn.engine import run
+
+    return run
 
 
 @pytest.mark.usefixtures("restore_process_state")

@@ -92,8 +92,8 @@ def test_bad_images_skipped_once_checkpointed_and_resumed_exactly(tools_helpers,
         (b_out / f"model_{it:07d}.pth").unlink(missing_ok=True)
     (b_out / "last_checkpoint").write_text(f"model_{RESUME_AT - 1:07d}.pth\n")
     (b_out / "log.txt").unlink()
-    train_net = h.load_tool("train_net")
     from detgn.engine import default_argument_parser
+    from detgn.engine import run as train_net
 
     args = default_argument_parser().parse_args(
         ["--config", str(tiny_config), "--resume", *RUN_OPTS, "OUTPUT_DIR", str(b_out)])

@@ -138,7 +138,7 @@ def test_diverging_loss_names_iteration_and_images(tools_helpers, tiny_config, t
     assert 1 <= it < MAX_ITER  # the first step is finite; the huge update breaks a later one
     # The ids named are those of the batch the loader gives at that iteration.
     cfg = load_config(str(tiny_config), opts)
-    batch = next(iter(build_detection_train_loader(cfg, start_iter=it)))
+    batch = next(iter(build_detection_train_loader(cfg, start_batch=it)))
     assert f"image ids of the batch: {[d['image_id'] for d in batch]}" in msg
     assert "lower SOLVER.BASE_LR" in msg
     log = (tmp_path / "run" / "log.txt").read_text()

@@ -49,8 +49,8 @@ def _read(path):
 def test_render_draws_detections_only_above_the_threshold(tiny_config, tiny_weights, val_images):
     from detgn.config import load_config
     from detgn.engine import Predictor
-    from detgn.engine.visualize import class_names_for
-    from detgn.utils.visualizer import render
+    from detgn.visualization.predictions import class_names_for
+    from detgn.visualization.draw import render
 
     cfg = load_config(str(tiny_config),
                       ["MODEL.WEIGHTS", str(tiny_weights), "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
@@ -117,7 +117,7 @@ def test_dataset_split_with_ground_truth(vis, tiny_config, tiny_weights, tools_s
     assert rc == 0, capsys.readouterr()
     records = DatasetCatalog.get("synthetic_val")[:2]
     assert sorted(p.name for p in out.glob("*.png")) == sorted(Path(r["file_name"]).stem + ".png" for r in records)
-    from detgn.utils.visualizer import CAPTION_H as caption, GAP
+    from detgn.visualization.draw import CAPTION_H as caption, GAP
 
     for r in records:
         raw = _read(r["file_name"])

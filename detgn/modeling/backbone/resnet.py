@@ -356,7 +356,8 @@ class ResNet(Backbone):
         return outputs
 
 
-def _resnet_kwargs_from_cfg(cfg) -> dict:
+def resnet_kwargs_from_cfg(cfg) -> dict:
+    """:class:`ResNet` keyword arguments of ``MODEL.RESNETS.*`` (depth, norm, widths, ...), checked."""
     r = cfg.MODEL.RESNETS
     if r.DEPTH not in RESNET_SPECS:
         raise ConfigError(f"MODEL.RESNETS.DEPTH = {r.DEPTH}; choose one of {sorted(RESNET_SPECS)}")
@@ -391,7 +392,8 @@ def _in_channels(cfg, input_shape: Optional[ShapeSpec]) -> int:
     return len(cfg.MODEL.PIXEL_MEAN)
 
 
-def _freeze_at(cfg) -> int:
+def freeze_at_from_cfg(cfg) -> int:
+    """``MODEL.BACKBONE.FREEZE_AT``, checked (0 nothing .. 5 up to res5)."""
     freeze_at = cfg.MODEL.BACKBONE.FREEZE_AT
     if not 0 <= freeze_at <= 5:
         raise ConfigError(f"MODEL.BACKBONE.FREEZE_AT = {freeze_at}; use 0 (nothing) .. 5 (up to res5)")
@@ -401,10 +403,10 @@ def _freeze_at(cfg) -> int:
 def build_resnet_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> ResNet:
     """ResNet returning ``MODEL.RESNETS.OUT_FEATURES``, frozen up to ``FREEZE_AT``."""
     return ResNet(
-        **_resnet_kwargs_from_cfg(cfg),
+        **resnet_kwargs_from_cfg(cfg),
         in_channels=_in_channels(cfg, input_shape),
         out_features=cfg.MODEL.RESNETS.OUT_FEATURES,
-        freeze_at=_freeze_at(cfg),
+        freeze_at=freeze_at_from_cfg(cfg),
     )
 
 
@@ -415,10 +417,10 @@ def build_resnet_c4_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> Re
     used here. ``size_divisibility`` is 0; the meta-architecture still pads.
     """
     return ResNet(
-        **_resnet_kwargs_from_cfg(cfg),
+        **resnet_kwargs_from_cfg(cfg),
         in_channels=_in_channels(cfg, input_shape),
         out_features=["res4"],
-        freeze_at=_freeze_at(cfg),
+        freeze_at=freeze_at_from_cfg(cfg),
     )
 
 
@@ -428,7 +430,7 @@ def build_res5_stage(cfg) -> Tuple[nn.Sequential, int]:
     Same depth, norm and layout as the backbone; stride 2 on its first block (the
     head runs on 14x14 RoI features) and frozen if ``FREEZE_AT`` is 5.
     """
-    resnet = _resnet_kwargs_from_cfg(cfg)
+    resnet = resnet_kwargs_from_cfg(cfg)
     zero_init = resnet.pop("zero_init_residual")
     conv_init = resnet.pop("conv_init")
     kwargs = stage_kwargs(**{"stage": 5, **resnet})
@@ -439,6 +441,6 @@ def build_res5_stage(cfg) -> Tuple[nn.Sequential, int]:
         init_convs(stage, conv_init)
     if zero_init:
         zero_init_last_norm(stage)
-    if _freeze_at(cfg) >= 5:
+    if freeze_at_from_cfg(cfg) >= 5:
         stage = freeze_module(stage)
     return stage, kwargs["out_channels"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from .catalog import datasets_root
+from ..catalog import datasets_root
 from .coco import register_coco_instances
 from .image_folder import register_builtin_image_folders
 

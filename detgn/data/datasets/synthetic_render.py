@@ -13,7 +13,9 @@ instance with a hole (COCO polygons cannot express one) or barely visible are re
 elsewhere, so few painted shapes go unlabeled.
 
 :func:`render_synthetic_image` is a pure function of ``(seed, split, index)``: each
-image has its own ``numpy`` generator. :mod:`detgn.data.synthetic` writes the set.
+image has its own ``numpy`` generator. :mod:`detgn.data.datasets.synthetic` writes the set;
+the classification set (:mod:`detgn.data.datasets.synthetic_cls`) draws with the same shapes
+(:func:`unit_shape`, :func:`fill_parts`), backgrounds and :class:`Canvas`.
 """
 from __future__ import annotations
 
@@ -25,7 +27,17 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 
-__all__ = ["CATEGORIES", "ASPECT_RATIOS", "SyntheticImage", "mask_to_polygons", "render_synthetic_image"]
+__all__ = [
+    "CATEGORIES",
+    "ASPECT_RATIOS",
+    "Canvas",
+    "SyntheticImage",
+    "clutter_background",
+    "fill_parts",
+    "mask_to_polygons",
+    "render_synthetic_image",
+    "unit_shape",
+]
 
 # Ids deliberately neither 0-based nor contiguous, as in COCO.
 CATEGORIES = [
@@ -66,7 +78,7 @@ def _circle(cx: float, cy: float, r: float, n: int = 48) -> np.ndarray:
     return np.stack([cx + r * np.cos(t), cy + r * np.sin(t)], 1)
 
 
-def _unit_shape(name: str, rng: np.random.Generator) -> List[tuple]:
+def unit_shape(name: str, rng: np.random.Generator) -> List[tuple]:
     """Parts of a shape of radius ~1 as ``(points (K, 2), additive)``; subtractive
     parts are carved out after all additive ones are filled."""
     if name == "ellipse":
@@ -101,7 +113,7 @@ def _unit_shape(name: str, rng: np.random.Generator) -> List[tuple]:
     raise ValueError(f"unknown synthetic shape {name!r}; known: {[c['name'] for c in CATEGORIES]}")
 
 
-def _fill_parts(parts: List[tuple], scale: float, angle: float) -> np.ndarray:
+def fill_parts(parts: List[tuple], scale: float, angle: float) -> np.ndarray:
     """Rasterize rotated, scaled parts into a tight uint8 {0,1} canvas (1 px margin)."""
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     pts = [(p @ rot.T * scale, add) for p, add in parts]
@@ -119,10 +131,10 @@ def _fill_parts(parts: List[tuple], scale: float, angle: float) -> np.ndarray:
 
 def _shape_mask(name: str, side: float, rng: np.random.Generator) -> np.ndarray:
     """Mask of a randomly rotated shape whose area is about ``side ** 2``."""
-    parts = _unit_shape(name, rng)
+    parts = unit_shape(name, rng)
     angle = rng.uniform(0, 2 * np.pi)
-    unit_area = _fill_parts(parts, 20.0, angle).sum() / 400.0  # measured: carving makes it shape-dependent
-    return _fill_parts(parts, side / np.sqrt(max(unit_area, 1e-3)), angle)
+    unit_area = fill_parts(parts, 20.0, angle).sum() / 400.0  # measured: carving makes it shape-dependent
+    return fill_parts(parts, side / np.sqrt(max(unit_area, 1e-3)), angle)
 
 
 # ------------------------------------------------------------------ textures, background
@@ -169,7 +181,7 @@ def _smooth_curve(pts: np.ndarray, rounds: int = 3) -> np.ndarray:
     return pts
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def clutter_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """(h, w, 3) float32 clutter: gradient, smooth and mottled noise, blobs, strokes."""
     # Built at 1/4 resolution and upsampled: a linear ramp survives bilinear
     # upsampling unchanged, the noise becomes a soft mottled texture, and it is 16x cheaper.
@@ -254,7 +266,7 @@ def _hole_pixels(vis: np.ndarray) -> int:
 
 
 # ------------------------------------------------------------------------ painting
-class _Canvas:
+class Canvas:
     """Image, per-pixel owner map (who is visible where) and placed instances."""
 
     def __init__(self, img: np.ndarray):
@@ -306,7 +318,7 @@ def _sample_side(rng: np.random.Generator, short: int) -> float:
     return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
 
-def _place_crowd(canvas: _Canvas, rng: np.random.Generator) -> int:
+def _place_crowd(canvas: Canvas, rng: np.random.Generator) -> int:
     """A tight cluster of many small same-category shapes; returns its category index."""
     cat = int(rng.integers(len(CATEGORIES)))
     short = min(canvas.h, canvas.w)
@@ -332,7 +344,7 @@ def render_synthetic_image(seed: int, split: str, index: int, *, min_side: int =
     longer = int(rng.integers(min_side, max_side + 1))
     ratio = ASPECT_RATIOS[int(rng.integers(len(ASPECT_RATIOS)))]
     w, h = (longer, round(longer / ratio)) if ratio >= 1 else (round(longer * ratio), longer)
-    canvas = _Canvas(_background(rng, h, w))
+    canvas = Canvas(clutter_background(rng, h, w))
     kind = rng.random()
     crowd_cat = _place_crowd(canvas, rng) if EMPTY_PROB <= kind < EMPTY_PROB + CROWD_PROB else None
     n_objects = 0 if kind < EMPTY_PROB else 1 + min(int(rng.poisson(5.0)), 14)

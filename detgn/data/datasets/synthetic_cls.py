@@ -2,7 +2,7 @@
 
 Made for the normalization study (BN vs GN vs LN vs IN at batch 2..32) and for testing
 backbone pre-training on a CPU. Each image shows ONE shape of the detection set's eight
-(:data:`detgn.data.synthetic.CATEGORIES`); the class is the shape. Colour, texture,
+(:data:`detgn.data.datasets.synthetic.CATEGORIES`); the class is the shape. Colour, texture,
 size, rotation and position of the shape and the background are random, so only the
 geometry tells the classes apart. On top, every image gets its own photometric change
 (brightness offset, contrast factor, per-channel colour cast, sensor noise), so the
@@ -36,7 +36,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 import cv2
 import numpy as np
 
-from .synthetic_render import CATEGORIES, _background, _Canvas, _fill_parts, _unit_shape
+from detgn.utils.file_io import atomic_write_bytes, atomic_write_text
+
+from .synthetic_render import CATEGORIES, clutter_background, Canvas, fill_parts, unit_shape
 
 __all__ = ["ClsStyle", "class_names", "render_cls_sample", "generate_synthetic_cls", "INFO_FILE"]
 
@@ -52,7 +54,7 @@ class ClsStyle:
 
     Args:
         size: side of the square images, 32..128 px.
-        num_classes: 2..8 shapes (the first ones of ``detgn.data.synthetic.CATEGORIES``).
+        num_classes: 2..8 shapes (the first ones of ``detgn.data.datasets.synthetic.CATEGORIES``).
         object_scale: (min, max) longer extent of the shape's bounding box, as a fraction
             of the image side.
         max_rotation: shapes are rotated by up to +-this many degrees (180: any angle).
@@ -122,14 +124,14 @@ def _plain_or_gradient(rng: np.random.Generator, size: int, gradient: bool) -> n
 
 def _shape_of_extent(rng: np.random.Generator, name: str, extent: float, max_rotation: float) -> np.ndarray:
     """uint8 {0,1} mask of a randomly rotated ``name`` whose bounding box's longer side is ~``extent`` px."""
-    parts = _unit_shape(name, rng)
+    parts = unit_shape(name, rng)
     angle = np.deg2rad(rng.uniform(-max_rotation, max_rotation))
     # Extents differ by shape and angle (a rotated rectangle, a dumbbell): measure one at a
     # known scale, then scale so every class has the same size distribution.
     probe_scale = 16.0
-    ys, xs = np.nonzero(_fill_parts(parts, probe_scale, angle))
+    ys, xs = np.nonzero(fill_parts(parts, probe_scale, angle))
     probe_extent = max(int(np.ptp(ys)), int(np.ptp(xs))) + 1
-    return _fill_parts(parts, probe_scale * extent / probe_extent, angle)
+    return fill_parts(parts, probe_scale * extent / probe_extent, angle)
 
 
 def render_cls_sample(seed: int, split: str, index: int, style: ClsStyle = ClsStyle()) -> Tuple[np.ndarray, int]:
@@ -143,8 +145,8 @@ def render_cls_sample(seed: int, split: str, index: int, style: ClsStyle = ClsSt
     s = style.size
     label = index % style.num_classes
     kind = rng.choice(3, p=np.asarray(style.background) / sum(style.background))
-    background = _background(rng, s, s) if kind == 0 else _plain_or_gradient(rng, s, gradient=kind == 1)
-    canvas = _Canvas(background)
+    background = clutter_background(rng, s, s) if kind == 0 else _plain_or_gradient(rng, s, gradient=kind == 1)
+    canvas = Canvas(background)
 
     lo, hi = style.object_scale
     mask = _shape_of_extent(rng, class_names(style)[label], rng.uniform(lo, hi) * s, style.max_rotation)
@@ -194,21 +196,14 @@ def _write_sample(index: int, *, out_dir: str, split: str, seed: int, style: Cls
     ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, _PNG_COMPRESSION])
     if not ok:
         raise OSError(f"could not encode {path} as PNG")
-    # Temp file + rename: an interrupted run leaves complete files or ignorable .tmp ones,
-    # never a truncated PNG under the final name. One writer per index, so the name is fixed.
-    tmp = os.path.join(os.path.dirname(path), f".{index:06d}.png.tmp")
-    buf.tofile(tmp)
-    os.replace(tmp, path)
+    # Atomic: an interrupted run leaves complete files or ignorable .tmp ones, never a truncated PNG.
+    atomic_write_bytes(path, buf.tobytes())
     gray = image.astype(np.float32).mean(axis=2)
     return float(gray.mean()), float(gray.std())
 
 
 def _write_info(out_dir: str, info: dict) -> None:
-    path = os.path.join(out_dir, INFO_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(json.dumps(info, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(os.path.join(out_dir, INFO_FILE), json.dumps(info, indent=1, sort_keys=True) + "\n")
 
 
 def _check_same_generator(out_dir: str, seed: int, style: ClsStyle) -> None:
@@ -240,7 +235,7 @@ def _tidy(out_dir: str, split: str, n: int, classes: List[str]) -> List[str]:
         for f in os.listdir(folder):
             if f.endswith(".png"):
                 found.append(os.path.join(split, c, f))
-            elif f.startswith(".") and f.endswith(".png.tmp"):
+            elif f.startswith(".") and f.endswith(".tmp"):  # a write killed before its rename
                 os.unlink(os.path.join(folder, f))
     return sorted(set(found) - expected)
 

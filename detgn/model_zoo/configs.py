@@ -1,9 +1,9 @@
 """Configs and models by zoo name: ``get_config("fpn_gn_long.yaml")``, ``get(..., trained=True)``.
 
-The façade over the model zoo (:mod:`detgn.model_zoo`: catalog, verified downloads),
-the configs (:mod:`detgn.config`) and model building (:mod:`detgn.engine.predictor`).
-It sits above all of them, so the zoo itself depends on none. ``detgn.model_zoo.get``
-and friends remain available as aliases of these functions.
+The zoo's one module above the rest of detgn: the catalog and verified downloads of
+:mod:`detgn.model_zoo` with the configs (:mod:`detgn.config`) and model building
+(:mod:`detgn.engine.predictor`). The other zoo modules depend on none of these, and
+``import detgn.model_zoo`` does not import this one.
 
 A config name is a file under ``configs/`` (``fpn_gn_long.yaml``, ``synthetic/demo``)
 or the zoo name of its trained weights (``detgn://fpn_gn_long/model_final``); the
@@ -15,7 +15,7 @@ from typing import List, Sequence
 
 from detgn.config import configs_root, load_config, resolve_config_path
 from detgn.engine.predictor import build_and_load_model
-from detgn.model_zoo.catalog import MODEL_ZOO, ZOO_PREFIX, canonical_name, list_models
+from .catalog import MODEL_ZOO, ZOO_PREFIX, canonical_name, list_models
 
 __all__ = ["get", "get_config", "trained_weights_name"]
 

@@ -2,7 +2,7 @@
 
 Each image is predicted by a :class:`~detgn.engine.predictor.Predictor` (the test-time
 resize and channel order of evaluation, detections at the original size), drawn by
-:mod:`detgn.utils.visualizer` on the original pixels and written as ``<stem>.png``.
+:mod:`detgn.visualization.draw` on the original pixels and written as ``<stem>.png``.
 Progress goes to stdout, one line per image; an unreadable image is reported on
 stderr, naming the file, and skipped. Used by ``tools/visualize.py`` and the demo.
 """
@@ -16,9 +16,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from detgn.data import DatasetCatalog, ImageReadError, MetadataCatalog, get_detection_dataset_dicts
 from detgn.data.mapper import check_image_size, read_image
-from detgn.utils.visualizer import render, write_png
+from detgn.engine.predictor import Predictor
 
-from .predictor import Predictor
+from .draw import render, write_png
 
 logger = logging.getLogger(__name__)
 

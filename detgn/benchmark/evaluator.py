@@ -5,12 +5,10 @@ this measures ``process()`` (box conversion + RLE encoding of every mask) and th
 per-image share of ``evaluate()`` (COCOeval bbox + segm), so a regression that
 makes evaluation a noticeable fraction of inference shows up as a number.
 
-    python -m detgn.evaluation.benchmark --num-images 20 --dets-per-image 100 --image-size 512
+    python tools/benchmark.py --task evaluator --iters 20 --dets-per-image 100 --width 512
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import tempfile
 import time
@@ -20,8 +18,9 @@ import numpy as np
 import torch
 
 from detgn.structures import Boxes, Instances
+from detgn.utils.file_io import atomic_write_json
 
-from .coco_evaluator import COCOEvaluator, encode_masks
+from detgn.evaluation.coco_evaluator import COCOEvaluator, encode_masks
 
 
 def _ellipse_polygon(rng: np.random.Generator, h: int, w: int) -> List[float]:
@@ -116,8 +115,7 @@ def benchmark_evaluator(
     rng = np.random.default_rng(seed + 1)
     with tempfile.TemporaryDirectory() as tmp:
         json_file = os.path.join(tmp, "instances.json")
-        with open(json_file, "w") as f:
-            json.dump(gt, f)
+        atomic_write_json(json_file, gt)
         evaluator = COCOEvaluator.from_json(json_file, output_dir=tmp if write_results else None,
                                             distributed=False)
         # One-time costs (lazy cv2 / pycocotools imports) would otherwise be charged
@@ -157,21 +155,3 @@ def benchmark_evaluator(
         "segm_AP": results["segm"]["AP"],
     }
 
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--num-images", type=int, default=20)
-    parser.add_argument("--dets-per-image", type=int, default=100)
-    parser.add_argument("--image-size", type=int, default=512, help="image width; height is 3/4 of it")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (the evaluator is single-threaded)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    stats = benchmark_evaluator(args.num_images, args.dets_per_image, args.image_size)
-    print(json.dumps(stats, indent=2))
-
-
-if __name__ == "__main__":
-    main()

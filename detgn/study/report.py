@@ -5,7 +5,7 @@
 per-layer activation gaps), :func:`markdown_table` writes the GN paper's Table 1 layout and
 :func:`findings` checks the paper's qualitative claims on the numbers, each with the seed
 noise it allows. A summary read back from ``norm_study.json`` (batch sizes as strings) goes
-through :func:`summary_from_json` first. Running the cells is :mod:`detgn.engine.norm_study`.
+through :func:`summary_from_json` first. Running the cells is :mod:`detgn.study.norm_study`.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 :func:`draw_predictions` draws a model's output; :func:`render` puts it beside the
 ground truth of a dataset record (decoded by :func:`gt_arrays`), each panel captioned;
 :func:`write_png` saves the picture atomically. ``tools/visualize.py`` and the demo
-drive these through :mod:`detgn.engine.visualize`.
+drive these through :mod:`detgn.visualization.predictions`.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from detgn.structures import polygons_to_bitmask, rle_to_bitmask
 
-from .file_io import atomic_write_bytes
+from detgn.utils.file_io import atomic_write_bytes
 
 __all__ = ["CAPTION_H", "GAP", "draw_instances", "draw_predictions", "gt_arrays", "render", "write_png"]
 

@@ -1,6 +1,6 @@
 """A synthetic COCO-format instance segmentation dataset of textured shapes, written to disk.
 
-The images are rendered by :mod:`detgn.data.synthetic_render` (eight shape categories,
+The images are rendered by :mod:`detgn.data.datasets.synthetic_render` (eight shape categories,
 clutter, occlusion, crowd regions, empty images; annotations of the visible parts).
 Everything is a function of ``(seed, split, index)``: each image has its own ``numpy``
 generator, so output is byte-identical for a seed whatever the number of worker
@@ -20,7 +20,7 @@ from typing import Callable, Dict, Optional
 import cv2
 import numpy as np
 
-from detgn.utils.file_io import atomic_write_json
+from detgn.utils.file_io import atomic_write_bytes, atomic_write_json
 
 from .synthetic_render import CATEGORIES, SyntheticImage, mask_to_polygons, render_synthetic_image
 
@@ -43,8 +43,10 @@ def _write_image(index: int, *, seed: int, split: str, image_dir: str, min_side:
     r = render_synthetic_image(seed, split, index, min_side=min_side, max_side=max_side)
     image_id = SPLIT_ID_OFFSET.get(split, 0) + index + 1
     name = f"{image_id:012d}.jpg"
-    if not cv2.imwrite(os.path.join(image_dir, name), r.image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]):
-        raise OSError(f"could not write {os.path.join(image_dir, name)}: check the directory is writable")
+    ok, buf = cv2.imencode(".jpg", r.image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+    if not ok:
+        raise OSError(f"could not encode {os.path.join(image_dir, name)} as JPEG")
+    atomic_write_bytes(os.path.join(image_dir, name), buf.tobytes())
     h, w = r.image.shape[:2]
     record = {"id": image_id, "file_name": name, "height": h, "width": w, "license": 1,
               "coco_url": "", "flickr_url": "", "date_captured": ""}

@@ -1,9 +1,9 @@
 """Checks of a COCO instances JSON: every image record and every annotation.
 
 :func:`scan_coco` returns the usable part of a parsed JSON and a
-:class:`~detgn.data.coco_problems.Problem` for everything wrong with it; what each
+:class:`~detgn.data.datasets.coco_problems.Problem` for everything wrong with it; what each
 kind of problem means and what the lenient policies do with it (drop, repair, or stop)
-is in :mod:`detgn.data.coco_problems`. :func:`detgn.data.coco.load_coco_json` applies
+is in :mod:`detgn.data.datasets.coco_problems`. :func:`detgn.data.datasets.coco.load_coco_json` applies
 ``DATASETS.ON_BAD_ANNOTATION`` to the scan; ``tools/validate_dataset.py`` prints every
 problem.
 

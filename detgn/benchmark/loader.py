@@ -13,7 +13,7 @@ import statistics
 import time
 from typing import Dict, List
 
-from .build import build_detection_train_loader
+from detgn.data.build import build_detection_train_loader
 
 __all__ = ["benchmark_loader"]
 

@@ -7,7 +7,7 @@ Torchvision's Mask R-CNN is measured through the same step (its ``(images, targe
 interface adapted) for a side-by-side ratio. Figures are medians over the timed
 iterations after warm-up; on CUDA each iteration is synchronised. ``tools/benchmark.py``
 is the command line; the data loader and the evaluator have their own benchmarks
-(:mod:`detgn.data.benchmark`, :mod:`detgn.evaluation.benchmark`).
+(:mod:`detgn.benchmark.loader`, :mod:`detgn.benchmark.evaluator`).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from detgn.utils.cpu import resolve_bf16
 from detgn.modeling import build_model, count_flops
 from detgn.structures import Boxes, Instances, PolygonMasks
 
-from .trainer import HookBase, Trainer
+from detgn.engine.trainer import HookBase, Trainer
 
 __all__ = ["benchmark_model", "benchmark_torchvision", "peak_memory_mb", "synthetic_batch", "time_training_steps"]
 

@@ -3,7 +3,7 @@
 ``tools/norm_study.py --preset cpu`` reproduces the GN paper's central finding (its Figure 1 /
 5 and Table 1-2) at small scale: every cell trains the same classifier (the detectors' ResNet,
 ``configs/classification/norm_study_cpu.yaml``) with one norm and one batch size per process
-on the synthetic shape set (:mod:`detgn.data.synthetic_cls`), for several seeds, and every
+on the synthetic shape set (:mod:`detgn.data.datasets.synthetic_cls`), for several seeds, and every
 cell sees the same number of epochs. How steps relate to the batch is the preset's
 ``images_per_step`` (:func:`protocol`): the CPU preset steps on 32 images in every cell,
 accumulating 32 / B batches of B images (as 32 / B processes of B images would), so only the
@@ -13,13 +13,13 @@ batch, LR by the linear rule, more steps for smaller batches) is ``--images-per-
 A BN cell trains with EvalNorm fitted online, which leaves its training bit for bit as it
 would be without (see :mod:`detgn.layers.batch_norm`), so the one run is evaluated four ways:
 plain BN (running averages), BN + EvalNorm (the online alpha/beta), BN + EvalNorm 1/B^2 and BN
-+ PreciseBN (:func:`detgn.engine.norm_calibration.precise_bn`). For BN cells the per-layer
++ PreciseBN (:func:`detgn.modeling.precise_bn.precise_bn`). For BN cells the per-layer
 gap between the training-mode normalisation and the evaluation-mode one is measured too
 (:func:`activation_gaps`, EvalNorm's Figure 1).
 
 Each cell runs in its own process (``tools/norm_study.py --cell``), writes
 ``cell_result.json`` atomically, and is skipped when that file exists: an interrupted study
-picks up where it stopped. :mod:`detgn.engine.norm_study_report` turns the cells into medians
+picks up where it stopped. :mod:`detgn.study.report` turns the cells into medians
 with their spread, the table and the findings (re-exported here).
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .norm_study_report import (  # noqa: F401  (the study's results, re-exported)
+from .report import (  # noqa: F401  (the study's results, re-exported)
     RESULT_FILE,
     VARIANTS,
     findings,
@@ -79,7 +79,7 @@ class StudyPreset:
         batches: images per process, in the order they are run.
         seeds: seeds per cell (the report gives medians and the spread over them).
         data: arguments of the data generator (classification: ``num_train``, ``num_val``,
-            ``seed`` and :class:`detgn.data.synthetic_cls.ClsStyle` fields under ``style``).
+            ``seed`` and :class:`detgn.data.datasets.synthetic_cls.ClsStyle` fields under ``style``).
         norm_keys: config keys set to the norm name in each cell.
         processes: processes per cell (SyncBN needs several; images per process stay ``batch``).
         jobs: cells run at once; threads: torch threads per cell process.
@@ -263,7 +263,7 @@ def _score(results: Dict, task: str) -> float:
 def _evaluate(cfg, model: nn.Module, output_dir: str) -> Dict:
     from detgn.evaluation import inference_on_dataset
 
-    from .tasks import build_test_loader_and_evaluator
+    from detgn.engine.tasks import build_test_loader_and_evaluator
 
     name = cfg.DATASETS.TEST[0]
     loader, evaluator = build_test_loader_and_evaluator(cfg, name, output_dir=output_dir)
@@ -276,8 +276,8 @@ def evaluate_variants(cfg, model: nn.Module, *, task: str, output_dir: str, prec
     from detgn.data import BadImageTracker
     from detgn.layers import configure_evalnorm
 
-    from .norm_calibration import precise_bn
-    from .tasks import build_train_loader
+    from detgn.engine.tasks import build_train_loader
+    from detgn.modeling.precise_bn import precise_bn
 
     scores = {}
     for variant, enabled, mode in (("BN", False, "offline"), ("BN+EvalNorm", True, "offline"),
@@ -312,13 +312,8 @@ def activation_gaps(model: nn.Module, batches: Iterable, *, num_batches: int = 2
         "histogram": {"layer", "channel", "train", "ema", "evalnorm"}}`` (a sample of one
         channel's normalised values for the histogram figure).
     """
-    from detgn.layers.batch_norm import (
-        _evalnorm_aux_loss,
-        _normalize,
-        evalnorm_layers,
-        evalnorm_moments,
-        sample_moments,
-    )
+    from detgn.layers.batch_norm import evalnorm_aux_loss, evalnorm_moments, normalize_per_sample, sample_moments
+    from detgn.layers.evalnorm_setup import evalnorm_layers
 
     layers = list(evalnorm_layers(model))
     if not layers:
@@ -332,9 +327,9 @@ def activation_gaps(model: nn.Module, batches: Iterable, *, num_batches: int = 2
             x = inputs[0].float()
             rm, rv = m.running_mean.float(), m.running_var.float()
             zero = torch.zeros((), device=x.device)
-            sums[name][0] += float(_evalnorm_aux_loss(x, rm, rv, zero, zero, m.eps))
+            sums[name][0] += float(evalnorm_aux_loss(x, rm, rv, zero, zero, m.eps))
             a, b = m.evalnorm_weights()
-            sums[name][1] += float(_evalnorm_aux_loss(x, rm, m.biased_running_var().float(), a, b, m.eps))
+            sums[name][1] += float(evalnorm_aux_loss(x, rm, m.biased_running_var().float(), a, b, m.eps))
             if name == hist_name and len(hist["train"]) * x.shape[0] < histogram_values:
                 var_b, mu_b = torch.var_mean(x, dim=[0, 2, 3], correction=0)
                 c = 0  # one channel, as in the paper's figure
@@ -343,7 +338,7 @@ def activation_gaps(model: nn.Module, batches: Iterable, *, num_batches: int = 2
                 hist["ema"].append(((xc - rm[c]) * (rv[c] + m.eps).rsqrt()).flatten())
                 mu_i, var_i = sample_moments(x)
                 mu_hat, var_hat = evalnorm_moments(mu_i, var_i, rm, m.biased_running_var().float(), a, b)
-                hist["evalnorm"].append(_normalize(x, mu_hat, var_hat, m.eps)[:, c].flatten())
+                hist["evalnorm"].append(normalize_per_sample(x, mu_hat, var_hat, m.eps)[:, c].flatten())
         return hook
 
     handles = [m.register_forward_pre_hook(hook_for(name, m)) for name, m in layers]
@@ -375,7 +370,7 @@ def cell_result(cfg, model: nn.Module, cell: Cell, preset: StudyPreset, *, run_d
     """Everything a finished cell reports: its scores (all BN variants for BN) and, for BN, the gaps."""
     from detgn.layers import evalnorm_layers
 
-    from .tasks import build_train_loader
+    from detgn.engine.tasks import build_train_loader
 
     task = preset.task
     result = {"cell": dataclasses.asdict(cell), "task": task, "metric": "top1_err" if task == "classify" else "box AP"}

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .compare import match_detections
+from detgn.export.compare import match_detections
 
 __all__ = ["BENCH_BACKENDS", "benchmark_backends", "calibrate_frozen_bn", "make_random_weights_decisive"]
 
@@ -121,8 +121,8 @@ def benchmark_backends(cfg, backends: Sequence[str], *, height: int, width: int,
                 p.model.load_state_dict(model.state_dict())
                 predictors[b] = p
                 continue
-            from .exporter import export_detector, metadata_from_config
-            from .runtime import ExportedPredictor
+            from detgn.export.exporter import export_detector, metadata_from_config
+            from detgn.export.runtime import ExportedPredictor
 
             fmt = "torch_export" if b == "torch_export" else "onnx"
             if fmt not in exported:

@@ -1,6 +1,6 @@
 """What can be wrong in a COCO instances JSON, and the one-line report of what was done about it.
 
-:func:`detgn.data.coco_checks.scan_coco` reports each problem as a :class:`Problem`
+:func:`detgn.data.datasets.coco_checks.scan_coco` reports each problem as a :class:`Problem`
 whose reason (a key of :data:`REASONS`) has an ``action`` saying what the lenient
 policies do with the record:
 
@@ -11,7 +11,7 @@ policies do with the record:
   image 550395: zero-height boxes around zero-area polygons); Detectron, detectron2
   and mmdetection all train on that file by dropping them.
 - ``"repair"``: the annotation is usable once repaired: a box reaching more than
-  :data:`detgn.data.coco_checks.BOX_OVERSHOOT_TOLERANCE` px outside the image is clipped to it, a degenerate
+  :data:`detgn.data.datasets.coco_checks.BOX_OVERSHOOT_TOLERANCE` px outside the image is clipped to it, a degenerate
   part of a multi-polygon segmentation is removed (the other parts are kept).
 - ``"error"``: structural problems: malformed fields, an unknown category, an image id
   missing from ``images``, duplicate ids, invalid image records. The file is not what

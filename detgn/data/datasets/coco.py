@@ -9,7 +9,7 @@ one dict per image (``file_name`` absolute, ``height``, ``width``, ``image_id``,
 metadata whose category attributes are read from the JSON on first use (so an
 evaluator can ask for them before the records are loaded).
 
-Every image record and annotation is checked (:mod:`detgn.data.coco_checks`). What
+Every image record and annotation is checked (:mod:`detgn.data.datasets.coco_checks`). What
 happens to a bad one is the policy ``on_bad`` (``DATASETS.ON_BAD_ANNOTATION``):
 
 - ``"drop_degenerate"`` (default): annotations that describe no object (zero-size
@@ -37,7 +37,7 @@ import os
 import time
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
-from .catalog import DatasetCatalog, DatasetNotFoundError, MetadataCatalog
+from ..catalog import DatasetCatalog, DatasetNotFoundError, MetadataCatalog
 from .coco_checks import (
     BOX_OVERSHOOT_TOLERANCE,
     REASONS,

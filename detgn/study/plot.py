@@ -1,4 +1,4 @@
-"""Pictures of the normalization study (:mod:`detgn.engine.norm_study`).
+"""Pictures of the normalization study (:mod:`detgn.study.norm_study`).
 
 - :func:`plot_norm_study`: the GN paper's Figure 1 / 5: validation error (or AP) against
   images per process, one line per norm, medians over seeds with their min-max as a band;
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Dict
 
-from .file_io import atomic_write
+from detgn.utils.file_io import atomic_write
 
 __all__ = ["plot_norm_study", "plot_activation_gaps"]
 
@@ -36,13 +36,16 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str) -> str:
+def _save_and_close(fig, path: str) -> str:
     import io
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
-    return path
+    try:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
+        atomic_write(path, lambda f: f.write(buf.getvalue()))
+        return path
+    finally:
+        _pyplot().close(fig)
 
 
 def plot_norm_study(summary: Dict, path: str, *, title: str = "") -> str:
@@ -71,10 +74,7 @@ def plot_norm_study(summary: Dict, path: str, *, title: str = "") -> str:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)  # outside: never over a line
     if title:
         ax.set_title(title, fontsize=10)
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save_and_close(fig, path)
 
 
 def plot_activation_gaps(gaps: Dict, path: str, *, batch: int, title: str = "") -> str:
@@ -108,7 +108,4 @@ def plot_activation_gaps(gaps: Dict, path: str, *, batch: int, title: str = "") 
     hx.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save_and_close(fig, path)
