@@ -12,6 +12,10 @@ The training step timed is the Trainer's own (:mod:`detgn.benchmark.model`).
 backend (eager fp32, eager bf16 autocast, its ONNX export in onnxruntime / OpenVINO, ...) on the
 same images in this process, backends taking turns, and checks each one's detections against
 the fp32 model's (:mod:`detgn.benchmark.backends`); ``--backend all`` takes every backend.
+``--modes fp32,autocast,default`` times the config in each speed mode (today's fp32, plain bf16
+autocast, the defaults; ``detgn.benchmark.model.SPEED_MODES``), each in its own process with its own
+peak memory, and prints the ratios. ``--profile FILE.md`` writes where a step's time goes
+(``torch.profiler``: categories, scopes, top operators; :mod:`detgn.benchmark.profiling`).
 ``--torchvision`` measures torchvision's ``maskrcnn_resnet50_fpn`` (random weights,
 same input sizes, same number of images per step) in the same process and prints the
 ratio detgn / torchvision.
@@ -30,7 +34,7 @@ import torch  # noqa: E402
 from detgn.config import load_config  # noqa: E402
 from detgn.benchmark.evaluator import benchmark_evaluator  # noqa: E402
 from detgn.benchmark.loader import benchmark_loader  # noqa: E402
-from detgn.benchmark.model import benchmark_model, benchmark_torchvision, peak_memory_mb  # noqa: E402
+from detgn.benchmark.model import benchmark_model, benchmark_torchvision, compare_modes, peak_memory_mb  # noqa: E402
 
 
 def main(argv=None):
@@ -48,6 +52,9 @@ def main(argv=None):
     ap.add_argument("--torchvision", action="store_true", help="also measure torchvision's Mask R-CNN R50-FPN")
     ap.add_argument("--backend", help="inference: comma-separated backends to compare (or 'all'): "
                     "torch, torch_bf16, onnxruntime, openvino, openvino_bf16, torch_export")
+    ap.add_argument("--modes", help="comma-separated speed modes to compare, each in its own process: "
+                    "fp32, autocast, autocast_cl, fp32_cl, default")
+    ap.add_argument("--profile", metavar="FILE.md", help="profile --iters steps under torch.profiler; write the tables")
     ap.add_argument("--json", help="append the results as JSON lines to this file")
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = ap.parse_args(argv)
@@ -58,11 +65,19 @@ def main(argv=None):
         return [stats]
     if not args.config:
         ap.error("--config is required for --task " + args.task)
+    if args.modes:
+        return _print(args, compare_modes(args.config, args.opts, args.task, args.modes.split(","),
+                                          height=args.height, width=args.width, warmup=args.warmup, iters=args.iters))
     cfg = load_config(args.config, args.opts)
     if cfg.CPU.NUM_THREADS > 0:
         torch.set_num_threads(cfg.CPU.NUM_THREADS)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {cfg.MODEL.DEVICE}", flush=True)
     sizes = dict(height=args.height, width=args.width, warmup=args.warmup, iters=args.iters)
+    if args.profile:
+        from detgn.benchmark.profiling import profile_config
+
+        return [profile_config(cfg, args.task, args.profile, title=f"{args.config} {' '.join(args.opts)}".strip(),
+                               **sizes)]
     if args.backend:
         if args.task != "inference":
             ap.error("--backend compares inference backends: use it with --task inference")
@@ -77,10 +92,14 @@ def main(argv=None):
         results = [{"config": args.config, **benchmark_model(cfg, args.task, flops=args.flops, **sizes)}]
         if args.torchvision:
             results.append(benchmark_torchvision(cfg, args.task, **sizes))
+    return _print(args, results)
+
+
+def _print(args, results):
     key = "s_per_iter" if args.task == "train" else "s_per_image"
     for r in results:
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
-    if len(results) == 2 and not args.backend:
+    if len(results) == 2 and not args.backend and not args.modes:
         print(f"ratio detgn / torchvision ({key}): {results[0][key] / results[1][key]:.3f}")
     if args.json:
         with open(args.json, "a") as f:

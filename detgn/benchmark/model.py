@@ -26,7 +26,8 @@ from detgn.structures import Boxes, Instances, PolygonMasks
 
 from detgn.engine.trainer import HookBase, Trainer
 
-__all__ = ["benchmark_model", "benchmark_torchvision", "peak_memory_mb", "synthetic_batch", "time_training_steps"]
+__all__ = ["SPEED_MODES", "benchmark_model", "benchmark_torchvision", "compare_modes", "peak_memory_mb", "synthetic_batch",
+           "time_training_steps"]
 
 
 def synthetic_batch(n: int, height: int, width: int, *, num_classes: int, num_instances: int = 6, seed: int = 0,
@@ -193,3 +194,52 @@ def benchmark_torchvision(cfg, task: str, *, height: int, width: int, warmup: in
         res["images_per_s"] = 1.0 / res["s_per_image"]
     res["params"] = sum(p.numel() for p in model.parameters())
     return res
+
+
+# The speed modes ``tools/benchmark.py --modes`` compares, as config overrides: today's fp32
+# (no bf16, contiguous NCHW tensors), plain bf16 autocast (what a user wrapping
+# ``torch.autocast`` around the same model gets), and the config as given (``CPU.BF16 auto``
+# and the config's ``CPU.CHANNELS_LAST``: what a user gets by default).
+SPEED_MODES = {
+    "fp32": ("CPU.BF16", "off", "CPU.CHANNELS_LAST", "False"),
+    "autocast": ("CPU.BF16", "on", "CPU.CHANNELS_LAST", "False"),
+    "autocast_cl": ("CPU.BF16", "on", "CPU.CHANNELS_LAST", "True"),
+    "fp32_cl": ("CPU.BF16", "off", "CPU.CHANNELS_LAST", "True"),
+    "default": (),
+}
+
+
+def _benchmark_in_child(config: str, opts: List[str], task: str, sizes: Dict) -> Dict[str, object]:
+    from detgn.config import load_config
+
+    cfg = load_config(config, list(opts) + ["VERBOSE_STARTUP", "False"])
+    if cfg.CPU.NUM_THREADS > 0:
+        torch.set_num_threads(cfg.CPU.NUM_THREADS)
+    res = benchmark_model(cfg, task, **sizes)
+    res["bf16"] = resolve_bf16(cfg.CPU.BF16, cfg.MODEL.DEVICE).enabled
+    res["channels_last"] = bool(cfg.CPU.CHANNELS_LAST)
+    return res
+
+
+def compare_modes(config: str, opts: List[str], task: str, modes: List[str], **sizes) -> List[Dict[str, object]]:
+    """:func:`benchmark_model` of one config in each of ``modes`` (:data:`SPEED_MODES`), each in a
+    fresh process (so each peak memory is its own), with each mode's time as a ratio of the
+    first mode's (and of ``autocast``'s when it is measured)."""
+    import multiprocessing
+
+    unknown = [m for m in modes if m not in SPEED_MODES]
+    if unknown:
+        raise ValueError(f"unknown speed mode(s) {unknown}; choose from {sorted(SPEED_MODES)}")
+    key = "s_per_iter" if task == "train" else "s_per_image"
+    ctx = multiprocessing.get_context("spawn")
+    results = []
+    for mode in modes:
+        with ctx.Pool(1) as pool:
+            r = pool.apply(_benchmark_in_child, (config, [*opts, *SPEED_MODES[mode]], task, sizes))
+        results.append({"config": config, "mode": mode, **r})
+    for r in results:
+        r[f"ratio_to_{modes[0]}"] = r[key] / results[0][key]
+        base = [x for x in results if x["mode"] == "autocast"]
+        if base:
+            r["ratio_to_autocast"] = r[key] / base[0][key]
+    return results

@@ -212,7 +212,7 @@ class RPN(nn.Module):
         self.smooth_l1_beta = smooth_l1_beta
 
     @torch.no_grad()
-    @record_function("rpn.label_and_sample_anchors")  # a scope of detgn.utils.profiling
+    @record_function("rpn.label_and_sample_anchors")  # a scope of detgn.benchmark.profiling
     def label_and_sample_anchors(
         self, anchors: Boxes, gt_instances: List[Instances]
     ) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -57,7 +57,7 @@ def mask_rcnn_loss(
     return total / weight.sum().clamp(min=1.0)
 
 
-@record_function("mask_rcnn_targets")  # a scope of detgn.utils.profiling
+@record_function("mask_rcnn_targets")  # a scope of detgn.benchmark.profiling
 def mask_rcnn_targets(
     instances: List[Instances], mask_size: int
 ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:

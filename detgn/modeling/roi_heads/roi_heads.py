@@ -97,7 +97,7 @@ class ROIHeads(nn.Module):
         self.proposal_append_gt = proposal_append_gt
 
     @torch.no_grad()
-    @record_function("roi_heads.label_and_sample_proposals")  # a scope of detgn.utils.profiling
+    @record_function("roi_heads.label_and_sample_proposals")  # a scope of detgn.benchmark.profiling
     def label_and_sample_proposals(self, proposals: List[Instances], targets: List[Instances]) -> List[Instances]:
         """Sample RoIs per image and attach their training targets.
 

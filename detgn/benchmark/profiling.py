@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
-__all__ = ["CATEGORIES", "categorize", "profile_training", "profile_inference", "markdown"]
+__all__ = ["CATEGORIES", "categorize", "markdown", "profile_config", "profile_inference", "profile_training", "repeat_batch"]
 
 # (category, regular expression on the operator name); the first match wins. Backward ops
 # are matched by their autograd node names too (e.g. NativeGroupNormBackward0).
@@ -217,3 +217,40 @@ def markdown(result: Dict, title: str, *, top: Optional[int] = 15) -> str:
 def repeat_batch(batch) -> Callable[[int], Iterable]:
     """A Trainer ``data_loader_fn`` serving one fixed batch (synthetic inputs)."""
     return lambda start: itertools.repeat(batch)
+
+
+def profile_config(cfg, task: str, out_md: str, *, height: int, width: int, warmup: int = 2, iters: int = 3,
+                   title: str = "") -> Dict:
+    """Profile the config's model (random weights, synthetic ``height x width`` inputs, the
+    config's ``CPU.BF16`` / ``CPU.CHANNELS_LAST``) and write ``out_md`` and its ``.json``."""
+    import json
+    import os
+
+    from detgn.benchmark.model import synthetic_batch
+    from detgn.modeling import build_model
+    from detgn.utils.cpu import resolve_bf16
+    from detgn.utils.file_io import atomic_write_text
+
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    bf16 = resolve_bf16(cfg.CPU.BF16, cfg.MODEL.DEVICE).enabled
+    classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if task == "train":
+        batch = synthetic_batch(cfg.SOLVER.IMS_PER_GPU, height, width, num_classes=classes)
+        result = profile_training(model, repeat_batch(batch), steps=iters, warmup=warmup, bf16=bf16,
+                                  amp=cfg.SOLVER.AMP.ENABLED)
+    elif task == "inference":
+        result = profile_inference(model, synthetic_batch(1, height, width, num_classes=classes, train=False),
+                                   steps=iters, warmup=warmup)
+    else:
+        raise ValueError(f"profiling takes task 'train' or 'inference', got {task!r}")
+    result.update(task=task, input=f"{height}x{width}", bf16=bf16, channels_last=bool(cfg.CPU.CHANNELS_LAST),
+                  threads=torch.get_num_threads(), torch=torch.__version__)
+    head = (f"{task}, {height}x{width}, {cfg.SOLVER.IMS_PER_GPU if task == 'train' else 1} image(s), "
+            f"{'bf16 autocast' if bf16 else 'fp32'}, {'channels-last' if cfg.CPU.CHANNELS_LAST else 'NCHW'}, "
+            f"{torch.get_num_threads()} thread(s)")
+    os.makedirs(os.path.dirname(os.path.abspath(out_md)), exist_ok=True)
+    atomic_write_text(out_md, markdown(result, f"{title}: {head}" if title else head))
+    atomic_write_text(os.path.splitext(out_md)[0] + ".json", json.dumps(result, indent=1))
+    print(markdown(result, head, top=10), flush=True)
+    return result
