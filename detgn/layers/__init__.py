@@ -14,6 +14,7 @@ from .conv import Conv2d, add_conv_norm_relu_stack
 from .norm import (
     NORM_NAMES,
     FrozenBatchNorm2d,
+    GroupNorm,
     Norm,
     SyncBatchNorm2d,
     describe_norms,
@@ -33,6 +34,7 @@ __all__ = [
     "ParamGroup",
     "pop_aux_losses",
     "BatchNorm2d",
+    "GroupNorm",
     "apply_evalnorm_rule",
     "configure_evalnorm",
     "evalnorm",

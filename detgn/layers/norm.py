@@ -237,10 +237,30 @@ class Norm:
         if self.name == "SyncBN":
             return SyncBatchNorm2d(channels, eps=self.eps)
         if self.name == "GN":
-            return nn.GroupNorm(self.gn_groups(channels), channels, eps=self.eps)
+            return GroupNorm(self.gn_groups(channels), channels, eps=self.eps)
         if self.name == "LN":
-            return nn.GroupNorm(1, channels, eps=self.eps)
-        return nn.GroupNorm(channels, channels, eps=self.eps)  # IN, with affine
+            return GroupNorm(1, channels, eps=self.eps)
+        return GroupNorm(channels, channels, eps=self.eps)  # IN, with affine
+
+
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` that normalises a bf16 / fp16 channels-last input in float32.
+
+    On the CPU, torch's group norm of a reduced-precision channels-last tensor takes a slow
+    kernel: forward + backward of a (2, 64, 72, 96) bf16 channels-last map took 3.8 ms against
+    0.8 ms in float32 channels-last and 0.6 ms in bf16 NCHW (1 thread, AMD Zen 5), and GN was 23%
+    of the demo's bf16 training step. Such an input is normalised in float32 (1.3 ms, with the
+    casts) and the output is cast back to the input's dtype, as autocast's group norm returns
+    it; the statistics are float32 either way. Other inputs take ``nn.GroupNorm``'s path.
+    Parameters, state dict and ``isinstance(m, nn.GroupNorm)`` are unchanged.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if (input.dtype in (torch.bfloat16, torch.float16) and input.device.type == "cpu" and input.dim() == 4
+                and not input.is_contiguous() and input.is_contiguous(memory_format=torch.channels_last)):
+            out = nn.functional.group_norm(input.float(), self.num_groups, self.weight, self.bias, self.eps)
+            return out.to(input.dtype)
+        return super().forward(input)
 
 
 NormSpec = Union[str, Norm, Callable[[int], Optional[nn.Module]], None]

@@ -1,0 +1,54 @@
+"""detgn's GroupNorm normalises a bf16 channels-last input in float32 (torch's kernel for that
+case is slow on the CPU): same outputs and gradients as nn.GroupNorm in float32, up to bf16's
+rounding of the output, and exactly nn.GroupNorm on every other input."""
+import pytest
+import torch
+from torch import nn
+
+from detgn.layers import GroupNorm, get_norm
+
+
+def _pair(groups=8, channels=64):
+    torch.manual_seed(0)
+    ours, ref = GroupNorm(groups, channels), nn.GroupNorm(groups, channels)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        ours.bias.uniform_(-0.5, 0.5)
+    ref.load_state_dict(ours.state_dict())
+    return ours, ref
+
+
+def test_norm_layers_are_detgn_group_norm():
+    for name in ("GN", "LN", "IN"):
+        m = get_norm(name, 64)
+        assert type(m) is GroupNorm and isinstance(m, nn.GroupNorm)
+    assert set(get_norm("GN", 64).state_dict()) == {"weight", "bias"}
+
+
+def test_bf16_channels_last_matches_float32_reference():
+    ours, ref = _pair()
+    x = (torch.randn(2, 64, 12, 16) * 3 + 1).to(memory_format=torch.channels_last)
+    xb = x.bfloat16().requires_grad_()
+    xf = xb.detach().float().requires_grad_()
+    y = ours(xb)
+    y_ref = ref(xf)
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    # The float32 result rounded once to bf16.
+    assert torch.equal(y, y_ref.bfloat16())
+    g = torch.randn_like(y_ref)
+    y.backward(g.bfloat16())
+    y_ref.backward(g.bfloat16().float())
+    assert xb.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(xb.grad.float(), xf.grad, rtol=0.02, atol=0.02)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype, channels_last", [(torch.float32, True), (torch.float32, False),
+                                                  (torch.bfloat16, False), (torch.float64, True)])
+def test_other_inputs_take_torch_path_unchanged(dtype, channels_last):
+    ours, ref = _pair()
+    ours, ref = ours.to(dtype), ref.to(dtype)
+    x = torch.randn(2, 64, 6, 8, dtype=dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    assert torch.equal(ours(x), ref(x))
