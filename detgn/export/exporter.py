@@ -92,7 +92,7 @@ def prepare_for_export(model: nn.Module) -> int:
     """Put a copy of a detector into its exported form: fold BNs (see :func:`fold_batch_norms`),
     GN/LN/IN through :class:`_GroupNormForExport`. Returns the number of BN layers folded."""
     for m in model.modules():
-        if type(m) is nn.GroupNorm:
+        if isinstance(m, nn.GroupNorm) and type(m) is not _GroupNormForExport:  # nn's and detgn's GroupNorm
             m.__class__ = _GroupNormForExport
     return fold_batch_norms(model)
 

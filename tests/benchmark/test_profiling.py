@@ -61,5 +61,6 @@ def test_modes_run_as_named_each_in_its_own_process(tmp_path):
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert [r["mode"] for r in rows] == ["fp32", "autocast_cl"]
     assert [(r["bf16"], r["channels_last"]) for r in rows] == [(False, False), (True, True)]
-    assert rows[0]["ratio_to_fp32"] == 1.0 and rows[1]["ratio_to_fp32"] == rows[1]["s_per_image"] / rows[0]["s_per_image"]
+    assert rows[0]["ratio_to_fp32"] == 1.0  # printed to 4 decimals:
+    assert rows[1]["ratio_to_fp32"] == pytest.approx(rows[1]["s_per_image"] / rows[0]["s_per_image"], rel=5e-3)
     assert all(r["peak_mem_mb"] > 0 and r["s_per_image"] > 0 for r in rows)

@@ -52,3 +52,14 @@ def test_other_inputs_take_torch_path_unchanged(dtype, channels_last):
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     assert torch.equal(ours(x), ref(x))
+
+
+def test_export_takes_detgn_group_norm_into_its_export_form():
+    from detgn.export.exporter import _GroupNormForExport, prepare_for_export
+
+    model = nn.Sequential(nn.Conv2d(3, 32, 3), get_norm("GN", 32), nn.ReLU(), get_norm("IN", 32))
+    x = torch.randn(2, 3, 10, 10)
+    before = model(x)
+    prepare_for_export(model)
+    assert [type(m) for m in model if isinstance(m, nn.GroupNorm)] == [_GroupNormForExport] * 2
+    assert torch.equal(model(x), before)

@@ -5,7 +5,7 @@ import torchvision
 from torch import nn
 
 from detgn.config import ConfigError, get_cfg
-from detgn.layers import BatchNorm2d, FrozenBatchNorm2d, SyncBatchNorm2d
+from detgn.layers import BatchNorm2d, FrozenBatchNorm2d, GroupNorm, SyncBatchNorm2d
 from detgn.modeling.backbone import (
     BasicBlock,
     BottleneckBlock,
@@ -141,7 +141,7 @@ def test_freeze_at(freeze_at, norm):
             expected = FrozenBatchNorm2d if frozen else BatchNorm2d  # detgn's nn.BatchNorm2d
             assert all(type(m) is expected for m in norms), name
         else:
-            assert all(type(m) is nn.GroupNorm for m in norms), name
+            assert all(type(m) is GroupNorm for m in norms), name  # detgn's nn.GroupNorm
     # FPN convs are never frozen
     assert all(p.requires_grad for n, p in backbone.named_parameters() if n.startswith("fpn_"))
 
