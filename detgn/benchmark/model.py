@@ -237,9 +237,9 @@ def compare_modes(config: str, opts: List[str], task: str, modes: List[str], **s
         with ctx.Pool(1) as pool:
             r = pool.apply(_benchmark_in_child, (config, [*opts, *SPEED_MODES[mode]], task, sizes))
         results.append({"config": config, "mode": mode, **r})
+    autocast = next((x[key] for x in results if x["mode"] == "autocast"), None)
     for r in results:
         r[f"ratio_to_{modes[0]}"] = r[key] / results[0][key]
-        base = [x for x in results if x["mode"] == "autocast"]
-        if base:
-            r["ratio_to_autocast"] = r[key] / base[0][key]
+        if autocast is not None:
+            r["ratio_to_autocast"] = r[key] / autocast
     return results

@@ -129,8 +129,9 @@ def _summarize(prof, steps: int, wall: List[float], top: int) -> Dict:
             continue
         self_ms = e.self_cpu_time_total / 1e3 / steps
         total_self += self_ms
-        ops.append({"op": name, "self_ms": self_ms, "calls": e.count / steps, "category": categorize(name)})
-        cats[categorize(name)] = cats.get(categorize(name), 0.0) + self_ms
+        category = categorize(name)
+        ops.append({"op": name, "self_ms": self_ms, "calls": e.count / steps, "category": category})
+        cats[category] = cats.get(category, 0.0) + self_ms
     ops.sort(key=lambda r: -r["self_ms"])
     step_ms = 1e3 * sorted(wall)[len(wall) // 2] if wall else None
     return {
