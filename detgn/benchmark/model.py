@@ -11,6 +11,7 @@ is the command line; the data loader and the evaluator have their own benchmarks
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import resource
 import statistics
@@ -26,8 +27,8 @@ from detgn.structures import Boxes, Instances, PolygonMasks
 
 from detgn.engine.trainer import HookBase, Trainer
 
-__all__ = ["SPEED_MODES", "benchmark_model", "benchmark_torchvision", "compare_modes", "peak_memory_mb", "synthetic_batch",
-           "time_training_steps"]
+__all__ = ["SPEED_MODES", "benchmark_model", "benchmark_torchvision", "compare_modes", "peak_memory_mb", "reset_peak_memory",
+           "synthetic_batch", "time_training_steps"]
 
 
 def synthetic_batch(n: int, height: int, width: int, *, num_classes: int, num_instances: int = 6, seed: int = 0,
@@ -58,8 +59,16 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def reset_peak_memory(device) -> None:
+    """Start a new peak for :func:`peak_memory_mb` on a GPU (a process's peak RSS cannot be reset)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
 def peak_memory_mb(device) -> float:
-    """Peak CUDA allocation on a GPU, else the process's peak resident set size."""
+    """Peak CUDA allocation on a GPU (since :func:`reset_peak_memory`), else the process's peak
+    resident set size."""
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -112,8 +121,9 @@ def benchmark_model(cfg, task: str, *, height: int, width: int, warmup: int = 3,
     """Median s/iter (``task="train"``, ``SOLVER.IMS_PER_GPU`` images) or s/image (``"inference"``)
     of the config's model with random weights on random ``height x width`` inputs."""
     torch.manual_seed(0)
-    model = build_model(cfg)  # on MODEL.DEVICE, channels-last with CPU.CHANNELS_LAST
     device, n = cfg.MODEL.DEVICE, cfg.SOLVER.IMS_PER_GPU
+    reset_peak_memory(device)
+    model = build_model(cfg)  # on MODEL.DEVICE, channels-last with CPU.CHANNELS_LAST; TEST.AMP on CUDA
     num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     res: Dict[str, object] = {"model": "detgn", "input": f"{height}x{width}", "images_per_step": n}
     if task == "train":
@@ -173,8 +183,9 @@ def benchmark_torchvision(cfg, task: str, *, height: int, width: int, warmup: in
     from torchvision.ops import FrozenBatchNorm2d
 
     torch.manual_seed(0)
-    trunk = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
     device, n = cfg.MODEL.DEVICE, cfg.SOLVER.IMS_PER_GPU
+    reset_peak_memory(device)
+    trunk = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
     model = MaskRCNN(_resnet_fpn_extractor(trunk, 3), num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1,
                      min_size=min(height, width), max_size=max(height, width)).to(device)
     res: Dict[str, object] = {"model": "torchvision maskrcnn_resnet50_fpn", "input": f"{height}x{width}",
@@ -183,15 +194,17 @@ def benchmark_torchvision(cfg, task: str, *, height: int, width: int, warmup: in
         synthetic_batch(n, height, width, num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES), device)
     if task == "train":
         times = time_training_steps(_TorchvisionStep(model), (images, targets), warmup=warmup, iters=iters,
-                                    device=device)
+                                    device=device, amp=cfg.SOLVER.AMP.ENABLED)
         res["s_per_iter"] = statistics.median(times)
         res["images_per_s"] = n / res["s_per_iter"]
     else:
         model.eval()
-        with torch.no_grad():
+        amp = torch.device(device).type == "cuda" and cfg.TEST.AMP  # as detgn's model does under TEST.AMP
+        with torch.no_grad(), (torch.autocast("cuda", dtype=torch.float16) if amp else contextlib.nullcontext()):
             times = _time_calls(lambda: model(images[:1]), warmup=warmup, iters=iters, device=device)
         res["s_per_image"] = statistics.median(times)
         res["images_per_s"] = 1.0 / res["s_per_image"]
+    res["peak_mem_mb"] = peak_memory_mb(device)
     res["params"] = sum(p.numel() for p in model.parameters())
     return res
 

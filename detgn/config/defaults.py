@@ -402,6 +402,10 @@ _C.TEST = CN()
 _C.TEST.EVAL_PERIOD = 0
 # Detections kept per image.
 _C.TEST.DETECTIONS_PER_IMAGE = 100
+# float16 autocast for inference on CUDA (Predictor, evaluation, benchmark). Scores, boxes and
+# mask probabilities are still computed in float32 from the network's outputs. On the CPU
+# CPU.BF16 decides instead; this key is ignored there.
+_C.TEST.AMP = False
 # PreciseBN: before each evaluation, replace the running statistics of every "BN"
 # layer (not FrozenBN, not SyncBN) by the exact pooled mean and variance of its
 # inputs over NUM_ITER training batches (summed over all processes).

@@ -53,13 +53,17 @@ def init_distributed(device: str = "cpu", *, timeout_minutes: int = 30) -> DistI
         timeout_minutes: how long collectives wait for a missing rank before failing.
 
     Returns:
-        this process's rank, world size, local rank and backend. Without ``WORLD_SIZE > 1``
-        (a plain ``python`` run) nothing is initialised and ``(0, 1, 0, "")`` is returned.
+        this process's rank, world size, local rank and backend. In a plain ``python`` run
+        (``WORLD_SIZE`` unset or 1, not under torchrun) nothing is initialised and
+        ``(0, 1, 0, "")`` is returned.
     """
     world_size = _env_int("WORLD_SIZE", 1)
     if dist.is_available() and dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0), dist.get_backend())
-    if world_size <= 1:
+    # A plain run stays without a process group. Under torchrun (which sets TORCHELASTIC_RUN_ID)
+    # the group is made even for one process, so that `torchrun --nproc_per_node=1` runs the
+    # very path (NCCL or gloo, DDP) of a many-GPU run.
+    if world_size <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         return DistInfo(0, 1, 0, "")
     missing = [v for v in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
     if missing:
@@ -101,8 +105,9 @@ def seed_for_rank(seed: int, rank: int) -> int:
 
 
 def create_ddp_model(model: nn.Module, *, local_rank: int = 0) -> nn.Module:
-    """Wrap ``model`` in DistributedDataParallel when the world size is > 1 (else return it)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    """Wrap ``model`` in DistributedDataParallel when a process group exists (else return it);
+    under torchrun that includes a group of one process."""
+    if not (dist.is_available() and dist.is_initialized()):
         return model
     on_cuda = next(model.parameters()).device.type == "cuda"
     kwargs = dict(
@@ -117,6 +122,7 @@ def create_ddp_model(model: nn.Module, *, local_rank: int = 0) -> nn.Module:
         kwargs["forward_sync_buffers"] = False
     else:
         kwargs["broadcast_buffers"] = False
+    logger.info("Model wrapped in DistributedDataParallel (%d process(es), %s)", dist.get_world_size(), dist.get_backend())
     return nn.parallel.DistributedDataParallel(model, **kwargs)
 
 

@@ -38,11 +38,13 @@ __all__ = ["EvalWeightsError", "setup", "test", "train", "evaluate", "main", "cl
 def setup(args):
     """Config (file + overrides), process group, logs, seeds, config dump; the frozen config."""
     cfg = load_config(args.config, args.opts, freeze=False)
-    init_distributed(cfg.MODEL.DEVICE)
+    dist_info = init_distributed(cfg.MODEL.DEVICE)
     default_setup(cfg, resume=args.resume)
     cfg.freeze()
     if comm.is_main_process():
         logger.info("Command line: %s", " ".join(sys.argv))
+    logger.info("Process group: %s", f"rank {dist_info.rank} of {dist_info.world_size} (local rank "
+                f"{dist_info.local_rank}, {dist_info.backend})" if dist_info.backend else "none (one process)")
     return cfg
 
 

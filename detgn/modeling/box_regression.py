@@ -110,3 +110,18 @@ def smooth_l1_loss(input: torch.Tensor, target: torch.Tensor, beta: float) -> to
     if beta < 1e-5:
         return (input - target).abs().sum()
     return F.smooth_l1_loss(input, target, beta=beta, reduction="sum")
+
+
+def masked_smooth_l1_loss(input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
+    """:func:`smooth_l1_loss` of the rows ``(N, D)`` where ``mask`` ``(N,)`` is True.
+
+    The same sum as indexing the rows first, without the boolean index, which needs a host
+    sync on CUDA. Rows left out contribute exactly 0 (selected by ``torch.where``, so a
+    non-finite value there cannot leak into the sum).
+    """
+    if beta < 1e-5:
+        elem = (input - target).abs()
+    else:
+        elem = F.smooth_l1_loss(input, target, beta=beta, reduction="none")
+    return torch.where(mask[:, None], elem, elem.new_zeros(())).sum()
+

@@ -68,7 +68,7 @@ class Matcher:
         match_labels = torch.empty(n, dtype=torch.int8, device=device)
         for label, low, high in zip(self.labels, self.thresholds[:-1], self.thresholds[1:]):
             in_interval = (matched_vals >= low) & (matched_vals < high)
-            match_labels[in_interval] = label
+            match_labels.masked_fill_(in_interval, label)  # not match_labels[mask] = ...: no host sync on CUDA
         if self.allow_low_quality_matches:
             self._set_low_quality_matches_(match_labels, match_quality_matrix)
         return matches, match_labels
@@ -77,5 +77,4 @@ class Matcher:
     def _set_low_quality_matches_(match_labels: torch.Tensor, match_quality_matrix: torch.Tensor) -> None:
         best_per_gt, _ = match_quality_matrix.max(dim=1)
         is_best = (match_quality_matrix == best_per_gt[:, None]) & (best_per_gt[:, None] > 0)
-        pred_inds = is_best.any(dim=0).nonzero().squeeze(1)
-        match_labels[pred_inds] = 1
+        match_labels.masked_fill_(is_best.any(dim=0), 1)

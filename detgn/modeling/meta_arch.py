@@ -79,6 +79,7 @@ class GeneralizedRCNN(nn.Module):
         inference_bf16: run inference on the CPU under bfloat16 autocast (CPU.BF16, resolved by
             :func:`detgn.utils.cpu.resolve_bf16`); proposals, scores, boxes and mask
             probabilities are still computed in float32 from the network's outputs.
+        inference_amp: run inference on CUDA under float16 autocast (TEST.AMP), likewise.
     """
 
     def __init__(
@@ -93,11 +94,13 @@ class GeneralizedRCNN(nn.Module):
         mask_on: bool = True,
         mask_paste: str = "grid_sample",
         inference_bf16: bool = False,
+        inference_amp: bool = False,
         test_resize: Optional[Tuple[int, int]] = None,
     ):
         super().__init__()
         self.test_resize = tuple(test_resize) if test_resize else None
         self.inference_bf16 = bool(inference_bf16)
+        self.inference_amp = bool(inference_amp)
         from detgn.layers.mask_ops import PASTE_METHODS
 
         if mask_paste not in PASTE_METHODS:
@@ -188,7 +191,7 @@ class GeneralizedRCNN(nn.Module):
         """Detections per image; ``do_postprocess=False`` keeps them at the network's input size
         (masks as (D, 1, M, M) probabilities) and returns the Instances themselves."""
         images = self.preprocess_image(batched_inputs)
-        with bf16_autocast(self.inference_bf16 and self.device.type == "cpu"):
+        with self._inference_autocast():
             features = self.backbone(images.tensor)
             proposals, _ = self.proposal_generator(images, features, None)
             results, _ = self.roi_heads(images, features, proposals, None)
@@ -200,6 +203,11 @@ class GeneralizedRCNN(nn.Module):
             width = int(x.get("width", size[1]))
             processed.append({"instances": detector_postprocess(res, height, width, mask_paste=self.mask_paste)})
         return processed
+
+    def _inference_autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16, enabled=self.inference_amp)
+        return bf16_autocast(self.inference_bf16 and self.device.type == "cpu")
 
     @classmethod
     def from_config(cls, cfg) -> "GeneralizedRCNN":
@@ -224,6 +232,7 @@ class GeneralizedRCNN(nn.Module):
             mask_on=cfg.MODEL.MASK_ON,
             mask_paste=cfg.MODEL.ROI_MASK_HEAD.PASTE_METHOD,
             inference_bf16=bf16.enabled,
+            inference_amp=bool(cfg.TEST.AMP),
             test_resize=((cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
                          if cfg.INPUT.RESIZE_TEST == "torchvision" else None),
         )

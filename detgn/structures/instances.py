@@ -80,6 +80,9 @@ class Instances:
                 raise IndexError("Instances index out of range")
             item = item % n
             item = slice(item, item + 1)
+        elif isinstance(item, torch.Tensor) and item.dtype == torch.bool:
+            # The mask's indices once, not a boolean index per field (each a host sync on CUDA).
+            item = torch.nonzero(item).squeeze(1)
         out = Instances(self._image_size)
         for k, v in self._fields.items():
             out.set(k, v[item])

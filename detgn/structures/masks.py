@@ -115,7 +115,7 @@ class PolygonMasks:
         """
         assert len(boxes) == len(self), f"{len(boxes)} boxes for {len(self)} masks"
         device = boxes.device
-        boxes_np = boxes.detach().to("cpu", torch.float64).numpy()
+        boxes_np = boxes.detach().cpu().double().numpy()  # the host rasterises: one copy of all boxes
         out = np.zeros((len(self), mask_size, mask_size), dtype=np.float32)
         for i, (polys, box) in enumerate(zip(self.polygons, boxes_np)):
             w = max(box[2] - box[0], 0.1)

@@ -17,7 +17,7 @@ from torch.profiler import record_function
 
 from detgn.layers import at_least_fp32, batched_nms
 from detgn.layers.shape_spec import ShapeSpec
-from detgn.modeling.box_regression import Box2BoxTransform, smooth_l1_loss
+from detgn.modeling.box_regression import Box2BoxTransform, masked_smooth_l1_loss
 from detgn.modeling.matcher import Matcher
 from detgn.modeling.sampling import subsample_labels
 from detgn.structures import Boxes, ImageList, Instances, pairwise_iou
@@ -50,16 +50,20 @@ def rpn_losses(
         ``loss_rpn_loc``: (smooth-)L1 summed over positive anchors; both divided by
         the number of sampled anchors in the batch (at least 1).
     """
+    # Masks and weights, not boolean indexing or .item(): on CUDA each of those waits for the
+    # GPU (a host sync), and the sums below are the same.
     sampled = gt_labels >= 0
     positive = gt_labels == 1
-    normalizer = max(int(sampled.sum().item()), 1)
+    normalizer = sampled.sum().clamp(min=1)
     loss_cls = F.binary_cross_entropy_with_logits(
-        pred_objectness_logits[sampled], gt_labels[sampled].to(pred_objectness_logits.dtype), reduction="sum"
+        pred_objectness_logits, positive.to(pred_objectness_logits.dtype),
+        weight=sampled.to(pred_objectness_logits.dtype), reduction="sum",
     )
-    num_images = gt_labels.shape[0]
-    expanded_anchors = anchors[None].expand(num_images, -1, -1)
-    gt_deltas = box2box_transform.get_deltas(expanded_anchors[positive], gt_boxes[positive])
-    loss_loc = smooth_l1_loss(pred_anchor_deltas[positive], gt_deltas, smooth_l1_beta)
+    expanded_anchors = anchors[None].expand_as(gt_boxes)
+    # Anchors that are not positive get themselves as target (finite deltas of 0), then weight 0.
+    targets = torch.where(positive[..., None], gt_boxes, expanded_anchors)
+    gt_deltas = box2box_transform.get_deltas(expanded_anchors.reshape(-1, 4), targets.reshape(-1, 4))
+    loss_loc = masked_smooth_l1_loss(pred_anchor_deltas.reshape(-1, 4), gt_deltas, positive.reshape(-1), smooth_l1_beta)
     return {"loss_rpn_cls": loss_cls / normalizer, "loss_rpn_loc": loss_loc / normalizer}
 
 
@@ -104,15 +108,13 @@ def find_top_rpn_proposals(
     results = []
     for i, image_size in enumerate(image_sizes):
         boxes, logits, lvl = top_boxes[i], top_logits[i], level_ids
-        # A diverging model can produce inf boxes; they must not reach NMS.
+        # A diverging model can produce inf boxes; they must not reach NMS. One boolean index
+        # for both filters: on CUDA each test or index of a mask is a host sync.
         finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(logits)
-        if not finite.all():
-            boxes, logits, lvl = boxes[finite], logits[finite], lvl[finite]
         boxes = Boxes(boxes.clone())
         boxes.clip(image_size)
-        keep = boxes.nonempty(threshold=min_box_size)
-        if not keep.all():
-            boxes, logits, lvl = boxes[keep], logits[keep], lvl[keep]
+        keep = torch.nonzero(finite & boxes.nonempty(threshold=min_box_size)).squeeze(1)
+        boxes, logits, lvl = boxes[keep], logits[keep], lvl[keep]
         keep = batched_nms(boxes.tensor, logits, lvl, nms_thresh)[:post_nms_topk]
         results.append(Instances(image_size, proposal_boxes=boxes[keep], objectness_logits=logits[keep]))
     return results
@@ -232,7 +234,7 @@ class RPN(nn.Module):
                 t = self.anchor_boundary_thresh
                 a = anchors.tensor
                 inside = (a[:, 0] >= -t) & (a[:, 1] >= -t) & (a[:, 2] < w + t) & (a[:, 3] < h + t)
-                labels[~inside] = -1
+                labels.masked_fill_(~inside, -1)
             pos, neg = subsample_labels(labels, self.batch_size_per_image, self.positive_fraction, 0)
             labels.fill_(-1)
             labels[pos] = 1

@@ -15,7 +15,7 @@ from torch import nn
 
 from detgn.layers import at_least_fp32, batched_nms
 from detgn.layers.shape_spec import ShapeSpec
-from detgn.modeling.box_regression import Box2BoxTransform, smooth_l1_loss
+from detgn.modeling.box_regression import Box2BoxTransform, masked_smooth_l1_loss
 from detgn.structures import Boxes, Instances
 from detgn.utils.events import get_event_storage
 
@@ -52,17 +52,17 @@ def fast_rcnn_losses(
         return {"loss_cls": zero, "loss_box_reg": zero.clone()}
     loss_cls = F.cross_entropy(pred_class_logits, gt_classes, reduction="mean")
 
-    fg_inds = ((gt_classes >= 0) & (gt_classes < num_classes)).nonzero().squeeze(1)
-    if fg_inds.numel() == 0:
-        # Multiplying by 0 keeps every parameter of the predictor in the graph (DDP).
-        return {"loss_cls": loss_cls, "loss_box_reg": pred_proposal_deltas.sum() * 0.0}
+    # A foreground mask, not its indices: nonzero() would wait for the GPU (a host sync).
+    # Background RoIs take their own box as target (deltas 0) and weigh 0 in the sum.
+    fg = (gt_classes >= 0) & (gt_classes < num_classes)
     box_dim = 4
     if pred_proposal_deltas.shape[1] == box_dim:  # class-agnostic
-        fg_deltas = pred_proposal_deltas[fg_inds]
+        fg_deltas = pred_proposal_deltas
     else:
-        fg_deltas = pred_proposal_deltas.view(num_rois, -1, box_dim)[fg_inds, gt_classes[fg_inds]]
-    gt_deltas = box2box_transform.get_deltas(proposal_boxes[fg_inds], gt_boxes[fg_inds])
-    loss_box_reg = smooth_l1_loss(fg_deltas, gt_deltas, smooth_l1_beta) / num_rois
+        rows = torch.arange(num_rois, device=gt_classes.device)
+        fg_deltas = pred_proposal_deltas.view(num_rois, -1, box_dim)[rows, gt_classes.clamp(0, num_classes - 1)]
+    gt_deltas = box2box_transform.get_deltas(proposal_boxes, torch.where(fg[:, None], gt_boxes, proposal_boxes))
+    loss_box_reg = masked_smooth_l1_loss(fg_deltas, gt_deltas, fg, smooth_l1_beta) / num_rois
     return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg}
 
 
@@ -107,10 +107,9 @@ def fast_rcnn_inference_single_image(
         Instances with ``pred_boxes``, ``scores``, ``pred_classes``, and the (D,)
         indices of the RoIs each detection came from.
     """
+    # Non-finite RoIs are masked out with the low scores: one nonzero() below is this
+    # function's only host sync on CUDA before the NMS.
     valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
-    roi_inds = torch.arange(boxes.shape[0], device=boxes.device)
-    if not valid.all():
-        boxes, scores, roi_inds = boxes[valid], scores[valid], roi_inds[valid]
     scores = scores[:, :-1]
     num_rois, num_classes = scores.shape
     boxes_per_roi = boxes.shape[1] // 4
@@ -120,16 +119,16 @@ def fast_rcnn_inference_single_image(
     if boxes_per_roi == 1 and num_classes > 1:  # class-agnostic: one box for every class
         boxes = boxes.expand(num_rois, num_classes, 4)
 
-    keep_mask = scores > score_thresh
+    keep_mask = (scores > score_thresh) & valid[:, None]
     nz = keep_mask.nonzero()  # (D, 2): RoI index, class
     boxes = boxes[nz[:, 0], nz[:, 1]]
-    scores = scores[keep_mask]
+    scores = scores[nz[:, 0], nz[:, 1]]
     keep = batched_nms(boxes, scores, nz[:, 1], nms_thresh)
     if topk_per_image >= 0:
         keep = keep[:topk_per_image]
     boxes, scores, nz = boxes[keep], scores[keep], nz[keep]
     result = Instances(image_shape, pred_boxes=Boxes(boxes), scores=scores, pred_classes=nz[:, 1])
-    return result, roi_inds[nz[:, 0]]
+    return result, nz[:, 0]
 
 
 def fast_rcnn_inference(

@@ -121,8 +121,7 @@ class ROIHeads(nn.Module):
             matches, labels = self.proposal_matcher(iou)
             if has_gt:
                 gt_classes = tgt.gt_classes.to(matches.device)[matches]
-                gt_classes[labels == 0] = self.num_classes
-                gt_classes[labels == -1] = -1
+                gt_classes = gt_classes.masked_fill(labels == 0, self.num_classes).masked_fill_(labels == -1, -1)
             else:
                 gt_classes = torch.full_like(matches, self.num_classes)
             pos, neg = subsample_labels(gt_classes, self.batch_size_per_image, self.positive_fraction, self.num_classes)
