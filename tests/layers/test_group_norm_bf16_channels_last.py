@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from detgn.layers import GroupNorm, get_norm
+from detgn.layers.norm import _native_reduced_channels_last_is_faster
 
 
 def _pair(groups=8, channels=64):
@@ -63,3 +64,20 @@ def test_export_takes_detgn_group_norm_into_its_export_form():
     prepare_for_export(model)
     assert [type(m) for m in model if isinstance(m, nn.GroupNorm)] == [_GroupNormForExport] * 2
     assert torch.equal(model(x), before)
+
+
+@pytest.mark.parametrize("shape, groups", [((1, 512, 6, 8), 32), ((1, 64, 250, 200), 8)])
+def test_wide_groups_and_large_maps_take_torchs_own_kernel(shape, groups):
+    """Where torch's bf16 channels-last kernel is faster (16+ channels per group, or 8+ on maps
+    of 50,000+ pixels), the output is nn.GroupNorm's own."""
+    ours, ref = _pair(groups, shape[1])
+    x = torch.randn(*shape).bfloat16().to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.equal(ours(x), ref(x))
+    assert _native_reduced_channels_last_is_faster(shape, groups)
+
+
+@pytest.mark.parametrize("shape, groups", [((1, 256, 100, 152), 32), ((1, 64, 200, 304), 32), ((512, 256, 7, 7), 32),
+                                           ((2, 64, 72, 96), 8)])
+def test_where_the_float32_detour_measured_faster_it_is_taken(shape, groups):
+    assert not _native_reduced_channels_last_is_faster(shape, groups)
