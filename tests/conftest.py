@@ -163,16 +163,26 @@ def tiny_coco(tmp_path) -> TinyCoco:
     return build_tiny_coco(tmp_path / "tiny_coco")
 
 
+def _torch_threads(n: int):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Run a module's tests with one torch thread: the test machine's cores are shared,
     and oversubscribed threads stall backward passes."""
-    import torch
+    yield from _torch_threads(1)
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+
+@pytest.fixture
+def two_threads():
+    """Two torch threads (code that splits work across threads), whatever the machine has."""
+    yield from _torch_threads(2)
 
 
 @pytest.fixture(scope="session")

@@ -9,14 +9,6 @@ from torchvision.ops import roi_align as tv_roi_align
 from detgn.layers import ops
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def _inputs(seed, n=2, c=16, h=40, w=56, r=37):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, c, h, w, generator=g)
