@@ -55,10 +55,11 @@ def rpn_losses(
     sampled = gt_labels >= 0
     positive = gt_labels == 1
     normalizer = sampled.sum().clamp(min=1)
-    loss_cls = F.binary_cross_entropy_with_logits(
-        pred_objectness_logits, positive.to(pred_objectness_logits.dtype),
-        weight=sampled.to(pred_objectness_logits.dtype), reduction="sum",
-    )
+    # Unsampled anchors are selected out (torch.where), not weighted 0: an inf logit there must
+    # not turn the sum into NaN.
+    bce = F.binary_cross_entropy_with_logits(pred_objectness_logits, positive.to(pred_objectness_logits.dtype),
+                                             reduction="none")
+    loss_cls = torch.where(sampled, bce, bce.new_zeros(())).sum()
     expanded_anchors = anchors[None].expand_as(gt_boxes)
     # Anchors that are not positive get themselves as target (finite deltas of 0), then weight 0.
     targets = torch.where(positive[..., None], gt_boxes, expanded_anchors)
