@@ -81,7 +81,7 @@ def quick(args) -> None:
     res = {"train_s": benchmark_model(cfg, "train", **sizes)["s_per_iter"],
            "inference_s": benchmark_model(cfg, "inference", **sizes)["s_per_image"]}
     if DEVICE == "cuda":
-        model, batch, step = _train_steps(cfg, 3, args.height, args.width)
+        model, batch, step = _train_steps(cfg, args.height, args.width)
         step()
         res["cuda_syncs_per_step"] = sum(cuda_sync_sites(step, 2).values()) / 2
     print(json.dumps(res), flush=True)
@@ -93,7 +93,7 @@ def _device_name() -> str:
     return torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU (dry run)"
 
 
-def _train_steps(cfg, steps: int, height: int, width: int):
+def _train_steps(cfg, height: int, width: int):
     """A model and a closure running one Trainer-like step (forward, backward, SGD step)."""
     from detgn.benchmark.model import synthetic_batch
     from detgn.modeling import build_model
@@ -121,7 +121,7 @@ def syncs(args) -> None:
     from detgn.benchmark.host_syncs import audit_host_syncs, cuda_sync_sites
 
     cfg = _cfg(CONFIGS["R50-FPN GN 4conv1fc"], True)
-    model, batch, step = _train_steps(cfg, 3, args.height, args.width)
+    model, batch, step = _train_steps(cfg, args.height, args.width)
     for _ in range(2):
         step()
     lines = []
@@ -150,7 +150,7 @@ def profile(args) -> None:
     out = []
     for amp in (True, False):
         cfg = _cfg(CONFIGS["R50-FPN GN 4conv1fc"], amp)
-        model, batch, step = _train_steps(cfg, 3, args.height, args.width)
+        model, batch, step = _train_steps(cfg, args.height, args.width)
         for _ in range(3):
             step()
         _sync()
