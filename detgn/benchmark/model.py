@@ -28,7 +28,7 @@ from detgn.structures import Boxes, Instances, PolygonMasks
 from detgn.engine.trainer import HookBase, Trainer
 
 __all__ = ["SPEED_MODES", "benchmark_model", "benchmark_torchvision", "compare_modes", "peak_memory_mb", "reset_peak_memory",
-           "synthetic_batch", "time_training_steps"]
+           "synchronize", "synthetic_batch", "time_training_steps"]
 
 
 def synthetic_batch(n: int, height: int, width: int, *, num_classes: int, num_instances: int = 6, seed: int = 0,
@@ -54,7 +54,8 @@ def synthetic_batch(n: int, height: int, width: int, *, num_classes: int, num_in
     return batch
 
 
-def _sync(device) -> None:
+def synchronize(device) -> None:
+    """Wait for the device's queued work (CUDA); nothing on the CPU."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
 
@@ -81,11 +82,11 @@ class _StepTimer(HookBase):
         self.device, self.warmup, self.times = device, warmup, []
 
     def before_step(self) -> None:
-        _sync(self.device)
+        synchronize(self.device)
         self._t0 = time.perf_counter()
 
     def after_step(self) -> None:
-        _sync(self.device)
+        synchronize(self.device)
         if self.trainer.iter >= self.warmup:
             self.times.append(time.perf_counter() - self._t0)
 
@@ -106,12 +107,12 @@ def time_training_steps(model: nn.Module, batch, *, warmup: int, iters: int, dev
 def _time_calls(fn: Callable[[], object], *, warmup: int, iters: int, device) -> List[float]:
     for _ in range(warmup):
         fn()
-    _sync(device)
+    synchronize(device)
     times = []
     for _ in range(iters):
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - t0)
     return times
 

@@ -138,12 +138,8 @@ def syncs(args) -> None:
         f.write(text + "\n")
 
 
-def _sync() -> None:
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
 def profile(args) -> None:
+    from detgn.benchmark.model import synchronize
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -153,12 +149,12 @@ def profile(args) -> None:
         model, batch, step = _train_steps(cfg, args.height, args.width)
         for _ in range(3):
             step()
-        _sync()
+        synchronize(DEVICE)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
         with torch_profile(activities=activities) as prof:
             for _ in range(args.steps):
                 step()
-            _sync()
+            synchronize(DEVICE)
         ka = prof.key_averages()
         sort = "device_time_total" if hasattr(next(iter(ka)), "device_time_total") else "cuda_time_total"
         out.append(f"## R50-FPN GN 4conv1fc training, AMP {'on' if amp else 'off'}, {args.steps} steps, "
