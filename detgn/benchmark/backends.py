@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from detgn.export.compare import match_detections
+from detgn.export.compare import match_detections, rules_of_model
 
 __all__ = ["BENCH_BACKENDS", "benchmark_backends", "calibrate_frozen_bn", "make_random_weights_decisive"]
 
@@ -110,6 +110,7 @@ def benchmark_backends(cfg, backends: Sequence[str], *, height: int, width: int,
     torch.manual_seed(seed)
     predictors = {"torch": _eager(cfg, False)}
     model = predictors["torch"].model
+    rules = rules_of_model(model)
     rng = np.random.default_rng(seed)
     if not cfg.MODEL.WEIGHTS:
         make_random_weights_decisive(model, rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
@@ -160,7 +161,8 @@ def benchmark_backends(cfg, backends: Sequence[str], *, height: int, width: int,
         if b != "torch":
             matches = [match_detections(r.pred_boxes.tensor, r.scores, r.pred_classes, o.pred_boxes.tensor, o.scores,
                                         o.pred_classes, r.get("pred_masks") if r.has("pred_masks") else None,
-                                        o.get("pred_masks") if o.has("pred_masks") else None)
+                                        o.get("pred_masks") if o.has("pred_masks") else None,
+                                        rules=rules)
                        for r, o in zip(outputs["torch"], outputs[b])]
             row["matches_fp32"] = all(m.ok for m in matches)
             row["matched_fraction"] = (sum(m.count_ref - len(m.unmatched) for m in matches)

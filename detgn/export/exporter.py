@@ -13,7 +13,7 @@ in eval mode, on the CPU, with contiguous tensors:
   :func:`input_side_limits`), never frozen at the sample used for tracing;
 - the export is checked before anything is written: the exported program is run on two image
   sizes other than the tracing size and must give the eager graph's detections (count,
-  classes, boxes within 0.01 px, scores within 1e-4). A failure is an :class:`ExportError`
+  classes, boxes and scores within float32 precision: :mod:`detgn.export.compare`). A failure is an :class:`ExportError`
   naming the part of the model (module path and type) where tracing or translation failed;
   no file is written then.
 """
@@ -34,7 +34,7 @@ from torch import nn
 import detgn
 from detgn.utils.file_io import atomic_write_bytes, atomic_write_json
 
-from .compare import match_detections
+from .compare import match_detections, rules_of_model
 from .graph import OUTPUT_NAMES, ExportableDetector
 from .metadata import (EMBEDDED_KEY, FORMAT_VERSION, METADATA_FILE, MODEL_FILES, ExportError, canonical_json)
 
@@ -142,10 +142,10 @@ def _run_torch(program, image: torch.Tensor, size: torch.Tensor):
         return [t.detach() for t in program(image, size)]
 
 
-def _compare(expected: Sequence[torch.Tensor], got: Sequence[np.ndarray], what: str) -> None:
+def _compare(expected: Sequence[torch.Tensor], got: Sequence[np.ndarray], what: str, rules) -> None:
     """Raise ExportError unless ``got`` gives ``expected``'s detections (:func:`match_detections`)."""
     match = match_detections(*expected[:3], *got[:3], ref_masks=expected[3] if len(expected) > 3 else None,
-                             masks=got[3] if len(got) > 3 else None)
+                             masks=got[3] if len(got) > 3 else None, rules=rules)
     if not match.ok:
         raise ExportError(f"{what}: the exported model does not reproduce the eager model: {match.summary()}")
 
@@ -252,7 +252,8 @@ def export_detector(
         for image in samples[1:]:
             size = torch.tensor([image.shape[1] + 7, image.shape[2] + 5])  # an original size unlike the input's
             expected = _run_torch(graph, image, size)
-            _compare(expected, runner(image, size), f"check of the {fmt} export on a {tuple(image.shape[1:])} image")
+            _compare(expected, runner(image, size), f"check of the {fmt} export on a {tuple(image.shape[1:])} image",
+                     rules_of_model(model))
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detgn.modeling.roi_heads.fast_rcnn import effective_score_thresh
+
 from .ops import batched_nms_op
 
 __all__ = ["ExportableDetector", "OUTPUT_NAMES"]
@@ -128,7 +130,7 @@ class ExportableDetector(nn.Module):
         boxes = _clip(boxes.reshape(-1, 4), height, width).view(-1, per_roi, 4)
         if per_roi == 1 and num_classes > 1:  # class-agnostic: one box for every class
             boxes = boxes.expand(-1, num_classes, 4)
-        keep_mask = scores > predictor.test_score_thresh
+        keep_mask = scores > effective_score_thresh(predictor.test_score_thresh)
         nz = keep_mask.nonzero()
         boxes, scores, classes = boxes[nz[:, 0], nz[:, 1]], scores[keep_mask], nz[:, 1]
         keep = batched_nms_op(boxes, scores, classes, float(predictor.test_nms_thresh), num_classes)

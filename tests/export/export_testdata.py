@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "modeling"))
 from detector_testdata import tiny_cfg  # noqa: E402
 
 from detgn.benchmark.backends import make_random_weights_decisive  # noqa: E402
-from detgn.export.compare import match_detections  # noqa: E402
+from detgn.export.compare import match_detections, rules_of_model  # noqa: E402
 from detgn.layers import FrozenBatchNorm2d  # noqa: E402
 from detgn.modeling import build_model  # noqa: E402
 
@@ -56,12 +56,12 @@ def make_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     return img
 
 
-def assert_same_detections(ref, other):
-    """The issue's equality: same count, labels, boxes within 0.01 px, scores within 1e-4, mask IoU >= 0.99."""
+def assert_same_detections(ref, other, predictor):
+    """The export's equality (:mod:`detgn.export.compare`) under ``predictor``'s inference thresholds."""
     m = match_detections(ref.pred_boxes.tensor, ref.scores, ref.pred_classes, other.pred_boxes.tensor,
                          other.scores, other.pred_classes,
                          ref.pred_masks if ref.has("pred_masks") else None,
-                         other.pred_masks if other.has("pred_masks") else None)
+                         other.pred_masks if other.has("pred_masks") else None, rules=rules_of_model(predictor.model))
     assert m.ok, m.summary()
     assert other.image_size == ref.image_size
     if ref.has("pred_masks"):

@@ -39,7 +39,7 @@ def test_same_detections_as_predictor_at_any_size(fpn_gn, fmt):
         image = make_image(h, w)
         ref, got = predictor(image), runtime(image)
         assert len(ref) >= 50  # a real comparison: many detections with masks
-        assert_same_detections(ref, got)
+        assert_same_detections(ref, got, predictor)
         traced.add(tuple(runtime.input_for(image)["image"].shape[1:]))
     assert len(traced) == len(IMAGE_SIZES)  # four different network input sizes
     assert (96, 128) not in traced  # the tracing size (a 480x640 image) is not among them

@@ -34,7 +34,7 @@ def _check(cfg, folder, sizes=((120, 150), (90, 200))):
     predictor, runtime = Predictor(cfg), ExportedPredictor(folder)
     for h, w in sizes:
         image = make_image(h, w, seed=7)
-        assert_same_detections(predictor(image), runtime(image))
+        assert_same_detections(predictor(image), runtime(image), predictor)
 
 
 @pytest.mark.parametrize("part", list(PARTS))

@@ -90,6 +90,17 @@ def fast_rcnn_classification_stats(pred_class_logits: torch.Tensor, gt_classes: 
     }
 
 
+# The smallest normal float32. A softmax probability below it is a subnormal number, which
+# some kernels compute and others flush to zero (onnxruntime's AVX2 softmax does, its AVX-512
+# one does not): with SCORE_THRESH_TEST 0 such detections would come and go with the CPU.
+SMALLEST_SCORE = float(torch.finfo(torch.float32).tiny)
+
+
+def effective_score_thresh(score_thresh: float) -> float:
+    """The threshold scores must exceed: ``score_thresh``, and at least :data:`SMALLEST_SCORE`."""
+    return max(float(score_thresh), SMALLEST_SCORE)
+
+
 def fast_rcnn_inference_single_image(
     boxes: torch.Tensor,
     scores: torch.Tensor,
@@ -119,7 +130,7 @@ def fast_rcnn_inference_single_image(
     if boxes_per_roi == 1 and num_classes > 1:  # class-agnostic: one box for every class
         boxes = boxes.expand(num_rois, num_classes, 4)
 
-    keep_mask = (scores > score_thresh) & valid[:, None]
+    keep_mask = (scores > effective_score_thresh(score_thresh)) & valid[:, None]
     nz = keep_mask.nonzero()  # (D, 2): RoI index, class
     boxes = boxes[nz[:, 0], nz[:, 1]]
     scores = scores[nz[:, 0], nz[:, 1]]
@@ -145,7 +156,7 @@ def fast_rcnn_inference(
         boxes: per image (R_i, 4K) decoded boxes (or (R_i, 4) class-agnostic).
         scores: per image (R_i, K + 1) probabilities, background last.
         image_shapes: per image (h, w) the boxes are clipped to.
-        score_thresh: detections must score strictly above this.
+        score_thresh: detections must score strictly above this (and above SMALLEST_SCORE).
         nms_thresh: per-class NMS IoU.
         topk_per_image: detections kept per image (< 0 keeps all).
     Returns:
