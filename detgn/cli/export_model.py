@@ -8,7 +8,7 @@ an image of any size (the test-time resize is applied by the runtime, as ``Predi
 returns boxes in the original image's pixels, scores, classes and 28x28 mask probabilities that
 the runtime pastes into the image. Before writing, the export is run on two image sizes other
 than the one it was traced at and must give the eager model's detections (``--no-verify``
-skips this). Run the result with ````detgn predict`` --model DIR`` or
+skips this). Run the result with ``detgn predict --model DIR`` or
 ``detgn.export.ExportedPredictor(DIR)``.
 
 Exit status: 0 written; 1 the model could not be exported or loaded (the message names the

@@ -35,7 +35,7 @@ from detgn.utils.logger import setup_logger
 def parse_args(argv: Optional[Sequence[str]] = None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--model", metavar="DIR", help="an export folder (``detgn export``)")
+    model.add_argument("--model", metavar="DIR", help="an export folder (detgn export)")
     model.add_argument("--config", metavar="NAME_OR_PATH", help="a config (with MODEL.WEIGHTS): eager PyTorch")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"],
                    help="auto: onnxruntime for model.onnx, torch for model.pt2 or --config")
