@@ -54,6 +54,7 @@ setup(
         # torch.onnx needs onnx and onnxscript; onnxruntime and OpenVINO run the exported model.
         "export": EXPORT,
         "docs": DOCS,
-        "dev": ["pytest>=7", "pytest-timeout", "wheel"] + EXPORT + DOCS,
+        # setuptools and wheel: tests/test_packaging.py builds the wheel without build isolation.
+        "dev": ["pytest>=7", "pytest-timeout", "setuptools>=64", "wheel"] + EXPORT + DOCS,
     },
 )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import torch
 
@@ -103,5 +104,11 @@ def _print(args, results):
     return results
 
 
+def cli(argv=None) -> int:
+    """The command: :func:`main` (which returns the figures it printed), exit status 0."""
+    main(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

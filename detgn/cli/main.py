@@ -21,6 +21,7 @@ class Subcommand(NamedTuple):
     module: str
     function: str
     summary: str
+    # The script of a clone that runs the same function (tools/*.py are thin wrappers).
     tool: str
     # Arguments put before the user's (``eval`` is ``train --eval-only``).
     preset: Sequence[str] = ()
@@ -30,7 +31,7 @@ SUBCOMMANDS: Dict[str, Subcommand] = {
     "train": Subcommand("detgn.engine.run", "cli", "train a model (or evaluate it with --eval-only)",
                         "tools/train_net.py"),
     "eval": Subcommand("detgn.engine.run", "cli", "evaluate MODEL.WEIGHTS on DATASETS.TEST (train --eval-only)",
-                       "tools/train_net.py --eval-only", ("--eval-only",)),
+                       "tools/train_net.py", ("--eval-only",)),
     "export": Subcommand("detgn.cli.export_model", "main", "export a trained model to ONNX or torch.export",
                          "tools/export_model.py"),
     "predict": Subcommand("detgn.cli.predict", "main", "run an exported model on images, folders, videos",
@@ -43,7 +44,7 @@ SUBCOMMANDS: Dict[str, Subcommand] = {
                                    "tools/evaluate_results.py"),
     "visualize": Subcommand("detgn.cli.visualize", "main", "draw a model's detections on images",
                             "tools/visualize.py"),
-    "benchmark": Subcommand("detgn.cli.benchmark", "main", "time training, inference or data loading",
+    "benchmark": Subcommand("detgn.cli.benchmark", "cli", "time training, inference or data loading",
                             "tools/benchmark.py"),
     "model-info": Subcommand("detgn.cli.model_info", "cli", "parameter counts, norms and FLOPs of a config",
                              "tools/model_info.py"),
@@ -63,7 +64,7 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def entry_point(name: str) -> Callable[[List[str]], object]:
+def entry_point(name: str) -> Callable[[List[str]], int]:
     """The function that runs subcommand ``name`` (its module is imported here)."""
     sub = SUBCOMMANDS[name]
     return getattr(importlib.import_module(sub.module), sub.function)
@@ -85,11 +86,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{PROG}: unknown subcommand '{name}'\n\n{usage()}", file=sys.stderr)
         return 2
     run = entry_point(name)
-    # argparse names the program after argv[0]: "detgn train", not "detgn", in usage and errors.
-    sys.argv = [f"{PROG} {name}", *rest]
-    status = run([*SUBCOMMANDS[name].preset, *rest])
-    # Tools that return what they measured (benchmark) exit 0 like the scripts do.
-    return status if isinstance(status, int) else 0
+    # argparse names the program after argv[0]: "detgn train", not "detgn", in usage and errors
+    # (and the training log records this command line).
+    saved, sys.argv = sys.argv, [f"{PROG} {name}", *rest]
+    try:
+        return run([*SUBCOMMANDS[name].preset, *rest])
+    finally:
+        sys.argv = saved
 
 
 if __name__ == "__main__":
