@@ -2,9 +2,9 @@
 
 ``load_config("fpn_gn_long.yaml", ["SOLVER.BASE_LR", "0.01"])`` returns a frozen
 CfgNode. A bare file name is looked up in the configs shipped inside the package
-(``detgn/configs/``, recursively), so it works from any directory, from a clone or
-from an installed wheel. Unknown keys and wrongly typed
-values are errors that name the key, the file and what would be valid.
+(``detgn/configs/``, recursively), so it works from any directory, from a clone or from
+an installed wheel. Unknown keys and wrongly typed values are errors that name the key,
+the file and what would be valid.
 """
 from __future__ import annotations
 

@@ -71,6 +71,7 @@ _FROM_CONFIGS = ("get", "get_config", "get_config_file", "trained_weights_name")
 
 
 def __getattr__(name: str):
+    """PEP 562: the names of :mod:`detgn.model_zoo.configs`, imported on first access."""
     if name in _FROM_CONFIGS:
         value = getattr(import_module(".configs", __name__), name)
         globals()[name] = value  # later look-ups skip this hook
@@ -79,4 +80,5 @@ def __getattr__(name: str):
 
 
 def __dir__():
+    """The module's names, the lazily loaded ones included."""
     return sorted(list(globals()) + list(_FROM_CONFIGS))

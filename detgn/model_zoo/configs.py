@@ -8,8 +8,8 @@ The zoo's one module above the rest of detgn: the catalog and verified downloads
 (:mod:`detgn.engine.predictor`). The other zoo modules depend on none of these, and
 ``import detgn.model_zoo`` does not import this one.
 
-A config name is a file under the shipped configs (``detgn/configs/``) (``fpn_gn_long.yaml``, ``synthetic/demo``)
-or the zoo name of its trained weights (``detgn://fpn_gn_long/model_final``); the
+A config name is a file under the shipped configs, ``detgn/configs/`` (``fpn_gn_long.yaml``,
+``synthetic/demo``), or the zoo name of its trained weights (``detgn://fpn_gn_long/model_final``); the
 two are tied by the convention ``<config name without .yaml>/model_final``.
 """
 from __future__ import annotations
