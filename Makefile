@@ -1,4 +1,5 @@
 # Two entry points on a fresh machine: `make demo` (the main job) and `make test`.
+# `make docs` writes the HTML documentation to docs/_build/html (warnings are errors).
 # Each creates the virtualenv and installs what it needs the first time.
 PYTHON ?= python3
 VENV ?= .venv
@@ -6,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.detgn-installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo clean-venv
+.PHONY: venv test demo docs clean-venv
 
 venv: $(STAMP)
 
@@ -23,6 +24,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) tools/demo.py
+
+docs: $(STAMP)
+	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
 
 clean-venv:
 	rm -rf $(VENV)

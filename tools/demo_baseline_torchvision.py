@@ -3,7 +3,7 @@
 
     python tools/demo_baseline_torchvision.py [--minutes 15] [--root datasets/synthetic] [--out DIR]
 
-Issue 4 sets the CPU demo's bar with "a torchvision Mask R-CNN (ResNet-18 FPN, GN,
+The CPU demo's bar is "a torchvision Mask R-CNN (ResNet-18 FPN, GN,
 4conv1fc GN box head, GN mask head, from scratch, 2 images/step) trained for 15
 minutes". This script is that model, built from torchvision's own parts
 (``resnet_fpn_backbone`` with GroupNorm and all five stages trainable,

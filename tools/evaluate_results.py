@@ -1,43 +1,19 @@
 #!/usr/bin/env python
 """Re-evaluate a saved COCO results file (no model needed).
 
-    python tools/evaluate_results.py --json datasets/coco/annotations/instances_val2017.json \
+    python tools/evaluate_results.py --json datasets/coco/annotations/instances_val2017.json \\
         --results output/inference/coco_instances_results.json [--tasks bbox segm] [--output-dir DIR]
 
-Prints box / mask AP (percent) and per-category AP; with --output-dir also writes
-metrics.json there. Every image of --json is scored: an image absent from the
-results counts as having no detections.
+The same command as ``detgn evaluate-results`` (installed with the package); its code is
+:mod:`detgn.cli.evaluate_results`.
 """
-import argparse
-import json
-import logging
+import os
 import sys
 
-from detgn.evaluation import evaluate_results_file, format_results_table
+# Runnable from a checkout without installing the package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--json", required=True, help="COCO ground-truth annotation file (instances_*.json)")
-    parser.add_argument("--results", required=True, help="COCO results file (coco_instances_results.json)")
-    parser.add_argument("--tasks", nargs="+", default=["bbox", "segm"], choices=["bbox", "segm"])
-    parser.add_argument("--output-dir", default=None, help="write metrics.json here")
-    parser.add_argument("--print-json", action="store_true",
-                        help="print the metrics as JSON instead of a table")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        results = evaluate_results_file(
-            args.json, args.results, args.tasks, output_dir=args.output_dir
-        )
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(results, indent=2) if args.print_json else format_results_table(results))
-    return 0
-
+from detgn.cli.evaluate_results import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,61 +4,16 @@
     python tools/export_model.py --config NAME --format onnx --output DIR MODEL.WEIGHTS model_final.pth
     python tools/export_model.py --config NAME --format torch_export --output DIR MODEL.WEIGHTS model_final.pth
 
-Writes ``DIR/model.onnx`` (or ``DIR/model.pt2``) and ``DIR/detgn_export.json``. The model takes
-an image of any size (the test-time resize is applied by the runtime, as ``Predictor`` does) and
-returns boxes in the original image's pixels, scores, classes and 28x28 mask probabilities that
-the runtime pastes into the image. Before writing, the export is run on two image sizes other
-than the one it was traced at and must give the eager model's detections (``--no-verify``
-skips this). Run the result with ``tools/predict.py --model DIR`` or
-``detgn.export.ExportedPredictor(DIR)``.
-
-Exit status: 0 written; 1 the model could not be exported or loaded (the message names the
-part); 2 a bad command line or config.
+The same command as ``detgn export`` (installed with the package); its code is
+:mod:`detgn.cli.export_model`.
 """
-from __future__ import annotations
-
-import argparse
 import os
 import sys
-from typing import Optional, Sequence
 
+# Runnable from a checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from detgn.checkpoint import CheckpointError  # noqa: E402
-from detgn.config import ConfigError, load_config, parse_args_with_overrides  # noqa: E402
-from detgn.export import ExportError, export_model  # noqa: E402
-from detgn.export.exporter import describe  # noqa: E402
-from detgn.utils.logger import setup_logger  # noqa: E402
-
-
-def parse_args(argv: Optional[Sequence[str]] = None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, metavar="NAME_OR_PATH", help="a config file or a name under configs/")
-    p.add_argument("--format", default="onnx", choices=["onnx", "torch_export"], help="default onnx")
-    p.add_argument("--output", required=True, metavar="DIR", help="the export folder (created)")
-    p.add_argument("--no-verify", action="store_true", help="skip the check against the eager model")
-    return parse_args_with_overrides(p, argv)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
-    setup_logger()
-    try:
-        cfg = load_config(args.config, args.opts)
-    except ConfigError as e:
-        print(f"Config error: {e}", file=sys.stderr)
-        return 2
-    if not cfg.MODEL.WEIGHTS:
-        print("error: give the trained weights: MODEL.WEIGHTS path/to/model_final.pth", file=sys.stderr)
-        return 2
-    try:
-        meta = export_model(cfg, args.output, fmt=args.format, config_name=args.config, verify=not args.no_verify)
-    except (ExportError, CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"Exported {describe(meta)} to {args.output}", flush=True)
-    return 0
-
+from detgn.cli.export_model import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

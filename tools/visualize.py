@@ -4,97 +4,16 @@
     python tools/visualize.py --config NAME MODEL.WEIGHTS model_final.pth --input img_or_dir --output out/
     python tools/visualize.py --config NAME MODEL.WEIGHTS model_final.pth --dataset synthetic_val --num 8 --output out/
 
-Every image goes through :class:`detgn.engine.Predictor`, so its resize and channel
-order are exactly what evaluation sees; detections come back at the original size and
-are drawn on the original pixels. With ``--input`` each PNG is the image with the
-detections on it; with ``--dataset NAME`` the first ``--num`` images of that registered
-split are drawn with the predictions (left) next to the ground truth (right).
-
-Class names come from the dataset's metadata (``--dataset``, else the config's
-first DATASETS.TEST set) when it is registered and readable, otherwise class
-numbers are shown. ``KEY VALUE`` config overrides may stand anywhere on the line.
-Exit status: 0 when every image was drawn, 1 when some image could not be read
-(the others are still drawn), 2 for a bad command line or config.
+The same command as ``detgn visualize`` (installed with the package); its code is
+:mod:`detgn.cli.visualize`.
 """
-from __future__ import annotations
-
-import argparse
 import os
 import sys
-from typing import List, Optional, Sequence
 
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from detgn.checkpoint import CheckpointError  # noqa: E402
-from detgn.config import ConfigError, load_config, parse_args_with_overrides  # noqa: E402
-from detgn.data import CocoFormatError, DatasetCatalog, ImageReadError  # noqa: E402
-from detgn.engine import Predictor  # noqa: E402
-from detgn.visualization.predictions import class_names_for, list_images, visualize_dataset, visualize_files  # noqa: E402
-from detgn.utils.logger import setup_logger  # noqa: E402
-
-
-def argument_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description="Draw a detgn model's detections on images (PNG files).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=(
-            "KEY VALUE config overrides may appear anywhere, e.g.\n"
-            "  python tools/visualize.py --config synthetic/demo_gn_scratch.yaml MODEL.WEIGHTS "
-            "output/demo/model_final.pth --input img.jpg --output vis/\n"
-            "  python tools/visualize.py --config synthetic/demo_gn_scratch.yaml MODEL.WEIGHTS "
-            "output/demo/model_final.pth --dataset synthetic_val --num 8 --output vis/"
-        ),
-    )
-    p.add_argument("--config", required=True, metavar="NAME_OR_PATH", help="a config file or a name under configs/")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--input", metavar="IMAGE_OR_DIR", help="an image file or a folder of images")
-    src.add_argument("--dataset", metavar="NAME", help="a registered dataset; ground truth is drawn beside")
-    p.add_argument("--num", type=int, default=10, help="with --dataset: the first N images (<= 0: all; default 10)")
-    p.add_argument("--output", required=True, metavar="DIR", help="folder for the PNG files (created)")
-    p.add_argument("--score-thresh", type=float, default=0.5, help="lowest score drawn (default 0.5)")
-    return p
-
-
-def parse_args(argv: Optional[Sequence[str]] = None):
-    """Options plus the ``KEY VALUE`` overrides (``args.opts``), wherever they stand."""
-    return parse_args_with_overrides(argument_parser(), argv)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
-    setup_logger()
-    try:
-        cfg = load_config(args.config, args.opts)
-    except ConfigError as e:
-        print(f"Config error: {e}", file=sys.stderr)
-        return 2
-    if args.dataset and args.dataset not in DatasetCatalog:
-        try:
-            DatasetCatalog.get(args.dataset)
-        except KeyError as e:  # its message lists the registered names
-            print(f"error: {e.args[0]}", file=sys.stderr)
-            return 1
-    try:
-        # Fail on a missing input before spending time on the model.
-        paths = list_images(args.input) if args.input else None
-        predictor = Predictor(cfg)
-        if args.dataset:
-            written = visualize_dataset(cfg, predictor, args.dataset, args.output, args.num, args.score_thresh)
-            failed: List[str] = []
-        else:
-            result = visualize_files(predictor, paths, args.output, args.score_thresh,
-                                     class_names=class_names_for(cfg))
-            written, failed = result["written"], result["failed"]
-    except (FileNotFoundError, ImageReadError, CheckpointError, CocoFormatError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"Wrote {len(written)} PNG file(s) to {args.output}", flush=True)
-    if failed:
-        print(f"{len(failed)} image(s) could not be read (listed above)", file=sys.stderr)
-        return 1
-    return 0
-
+from detgn.cli.visualize import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

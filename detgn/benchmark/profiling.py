@@ -200,7 +200,7 @@ def markdown(result: Dict, title: str, *, top: Optional[int] = 15) -> str:
     """Three tables: categories, scopes and top operators (ms per step, share of self CPU time)."""
     total = result["self_cpu_ms_per_step"] or 1.0
     step = result.get("step_ms_median")
-    lines = [f"### {title}", ""]
+    lines = [f"# {title}", ""]  # a page of its own (the docs build it)
     if step:
         lines += [f"Median step {step:.0f} ms (wall, under the profiler); self CPU time of all operators "
                   f"{total:.0f} ms per step.", ""]

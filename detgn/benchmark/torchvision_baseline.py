@@ -1,6 +1,6 @@
 """torchvision's Mask R-CNN trained and scored on a COCO-format split: the demo's yardstick.
 
-:func:`build_baseline` is the model issue 4 names (torchvision's ``resnet_fpn_backbone``
+:func:`build_baseline` is the demo's stated yardstick (torchvision's ``resnet_fpn_backbone``
 ResNet-18 with GroupNorm, all five stages trainable, ``FastRCNNConvFCHead`` 4x256 conv +
 1024 fc and ``MaskRCNNHeads`` with GroupNorm, everything else at torchvision's
 defaults). :class:`CocoSplit` gives a split's images and targets in torchvision's

@@ -1,9 +1,10 @@
 """Loading configs: ``_BASE_`` inheritance, name resolution and strict checking.
 
 ``load_config("fpn_gn_long.yaml", ["SOLVER.BASE_LR", "0.01"])`` returns a frozen
-CfgNode. A bare file name is looked up in the repository's ``configs/`` folder
-(recursively) so it works from any directory. Unknown keys and wrongly typed
-values are errors that name the key, the file and what would be valid.
+CfgNode. A bare file name is looked up in the configs shipped inside the package
+(``detgn/configs/``, recursively), so it works from any directory, from a clone or from
+an installed wheel. Unknown keys and wrongly typed values are errors that name the key,
+the file and what would be valid.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def configs_root() -> Path:
     env = os.environ.get("DETGN_CONFIGS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "configs"
+    return Path(__file__).resolve().parents[1] / "configs"
 
 
 def _all_config_files(root: Path) -> List[Path]:

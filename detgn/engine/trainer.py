@@ -63,7 +63,7 @@ class Trainer:
         data_loader_fn: ``data_loader_fn(start_batch)`` -> iterable of batches whose first
             element is batch ``start_batch`` of the stream (deterministic per position: exact
             resume rebuilds the loader at ``start_iter x accumulate``).
-        max_iter: iterations (optimizer steps) of the whole run (not of this session).
+        max_iter: iterations (optimizer steps) of the whole run (a resumed run counts from 0, too).
         scheduler: LR scheduler, stepped by :class:`detgn.engine.hooks.LRScheduler`.
         checkpointer: :class:`detgn.checkpoint.Checkpointer` used by :meth:`resume_or_load`.
         grad_clip: clip the gradients' total norm to this (0: no clipping).

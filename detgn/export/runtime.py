@@ -92,11 +92,11 @@ class ExportedPredictor:
         options = ort.SessionOptions()
         if num_threads > 0:
             options.intra_op_num_threads = num_threads
-        session = ort.InferenceSession(str(self.model_path), options, providers=["CPUExecutionProvider"])
-        embedded = session.get_modelmeta().custom_metadata_map.get(EMBEDDED_KEY)
+        ort_session = ort.InferenceSession(str(self.model_path), options, providers=["CPUExecutionProvider"])
+        embedded = ort_session.get_modelmeta().custom_metadata_map.get(EMBEDDED_KEY)
         check_embedded(self.metadata, embedded or "{}", str(self.model_path))
-        self._check_io([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
-        return lambda image, size: session.run(None, {"image": image, "original_size": size})
+        self._check_io([i.name for i in ort_session.get_inputs()], [o.name for o in ort_session.get_outputs()])
+        return lambda image, size: ort_session.run(None, {"image": image, "original_size": size})
 
     def _load_openvino(self, num_threads: int):
         import onnx

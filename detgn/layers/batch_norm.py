@@ -133,7 +133,7 @@ def evalnorm(
     alpha = beta = 0 gives ``F.batch_norm(x, running_mean, running_var, weight, bias,
     training=False)``; alpha = beta = 1 gives ``F.instance_norm(x, weight=weight, bias=bias)``.
 
-    Shapes: x (N, C, *spatial); running statistics, weight and bias (C,) -> like x.
+    Shapes: x ``(N, C, *spatial)``; running statistics, weight and bias (C,) -> like x.
     """
     mu_i, var_i = sample_moments(x)
     mu_hat, var_hat = evalnorm_moments(mu_i, var_i, running_mean.float(), running_var.float(), alpha, beta)

@@ -1,12 +1,15 @@
 """Configs and models by zoo name: ``get_config("fpn_gn_long.yaml")``, ``get(..., trained=True)``.
 
+Also importable from the zoo itself, as in detectron2: ``from detgn import model_zoo;
+model_zoo.get_config("fpn_gn_long.yaml")`` (:mod:`detgn.model_zoo` loads this module on first use).
+
 The zoo's one module above the rest of detgn: the catalog and verified downloads of
 :mod:`detgn.model_zoo` with the configs (:mod:`detgn.config`) and model building
 (:mod:`detgn.engine.predictor`). The other zoo modules depend on none of these, and
 ``import detgn.model_zoo`` does not import this one.
 
-A config name is a file under ``configs/`` (``fpn_gn_long.yaml``, ``synthetic/demo``)
-or the zoo name of its trained weights (``detgn://fpn_gn_long/model_final``); the
+A config name is a file under the shipped configs, ``detgn/configs/`` (``fpn_gn_long.yaml``,
+``synthetic/demo``), or the zoo name of its trained weights (``detgn://fpn_gn_long/model_final``); the
 two are tied by the convention ``<config name without .yaml>/model_final``.
 """
 from __future__ import annotations
@@ -17,7 +20,7 @@ from detgn.config import configs_root, load_config, resolve_config_path
 from detgn.engine.predictor import build_and_load_model
 from .catalog import MODEL_ZOO, ZOO_PREFIX, canonical_name, list_models
 
-__all__ = ["get", "get_config", "trained_weights_name"]
+__all__ = ["get", "get_config", "get_config_file", "trained_weights_name"]
 
 _TRAINED_SUFFIX = "/model_final"
 
@@ -73,6 +76,19 @@ def trained_weights_name(config_name: str) -> str:
         f"as they are published; available: {', '.join(published) or 'none yet'}. "
         "Use trained=False to start from the config's own MODEL.WEIGHTS."
     )
+
+
+def get_config_file(name: str) -> str:
+    """The path of a zoo config's YAML file inside the installed package.
+
+    Args:
+        name: ``"fpn_gn_long.yaml"``, ``"gn_paper/fpn_gn_long"`` or
+            ``"detgn://fpn_gn_long/model_final"``.
+
+    Returns:
+        The absolute path of the file (under :func:`detgn.config.configs_root`).
+    """
+    return str(resolve_config_path(_config_name(name) + ".yaml"))
 
 
 def get_config(name: str, trained: bool = False, opts: Sequence[str] = ()):

@@ -19,7 +19,7 @@ from detgn.config import load_config
 from detgn.config.conventions import CONVENTIONS
 
 REPO = Path(__file__).resolve().parents[2]
-PAPER_DIR = REPO / "configs" / "gn_paper"
+PAPER_DIR = REPO / "detgn" / "configs" / "gn_paper"  # configs/ at the root links there
 CONFIGS = sorted(p.name for p in PAPER_DIR.glob("*.yaml"))
 
 # fmt: off

@@ -28,7 +28,7 @@ from detgn.modeling import build_model
 from detgn.solver import resolve_schedule
 
 REPO = Path(__file__).resolve().parents[2]
-PAPER_DIR = REPO / "configs" / "gn_paper"
+PAPER_DIR = REPO / "detgn" / "configs" / "gn_paper"  # configs/ at the root links there
 
 # Schedules at 16 images/iteration: (MAX_ITER, STEPS).
 SCHEDULES = {"2x": (180_000, (120_000, 160_000)), "long": (270_000, (210_000, 250_000))}

@@ -14,7 +14,6 @@ When a config is added or deliberately changed, refresh its entry (and review it
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from detgn.cli import model_info
 from detgn.modeling import build_model_without_weights, count_parameters
 
 
@@ -32,15 +32,6 @@ GOLDEN_REL = GOLDEN.relative_to(REPO).as_posix()
 MODELING_TESTS = REPO / "tests" / "modeling"
 
 
-def _load_tool():
-    # In-process: a subprocess would spend seconds re-importing torch.
-    spec = importlib.util.spec_from_file_location("detgn_tools_model_info", REPO / "tools" / "model_info.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-model_info = _load_tool()
 SHIPPED = model_info.shipped_configs(REPO / "configs")
 
 

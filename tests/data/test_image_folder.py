@@ -161,7 +161,7 @@ def test_concatenation_needs_shared_classes(folders):
 
 
 def _own_classes(train: Path) -> str:
-    """A set with classes of its own (registered for the rest of the session, under a unique name)."""
+    """A set with classes of its own (registered for the rest of the test run, under a unique name)."""
     name = f"cls_own_{uuid.uuid4().hex[:8]}"
     register_image_folder(name, str(make_folder(train.parent / name, {"cat": [(20, 20)]})))
     return name

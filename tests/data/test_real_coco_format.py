@@ -6,7 +6,6 @@ uncompressed-RLE crowd regions, images without annotations, and the two zero-hei
 records of instances_train2017.json (918 and 2206849) verbatim. The built-in names must
 load it by default under DETGN_DATASETS, as users' real copies must.
 """
-import importlib.util
 import io
 import logging
 from pathlib import Path
@@ -139,9 +138,8 @@ def test_evaluator_scores_the_ground_truth_itself_as_perfect(coco_root, tmp_path
 
 
 def test_validator_on_the_real_format(coco_root):
-    spec = importlib.util.spec_from_file_location("validate_dataset_real_format", REPO / "tools" / "validate_dataset.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from detgn.cli import validate_dataset as tool
+
     out = io.StringIO()
     assert tool.validate(str(coco_root.train_json), str(coco_root.train_dir), out=out) == 1
     text = out.getvalue()

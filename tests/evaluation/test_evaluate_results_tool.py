@@ -1,25 +1,15 @@
-"""tools/evaluate_results.py re-scores a saved results file like the evaluator did."""
-import importlib.util
+"""``detgn evaluate-results`` (tools/evaluate_results.py) re-scores a saved results file like the
+evaluator did."""
 import json
-import os
 
+from detgn.cli import evaluate_results
 from detgn.evaluation import COCOEvaluator
 from eval_testdata import assert_same_metrics, make_gt, perfect_detections, to_model_io, write_gt
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TOOL = os.path.join(ROOT, "tools", "evaluate_results.py")
-
-
-def _load_tool():
-    # In-process: a subprocess would spend seconds re-importing torch.
-    spec = importlib.util.spec_from_file_location("evaluate_results_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def _run(capsys, *args):
-    code = _load_tool().main(list(args))
+    # In-process: a subprocess would spend seconds re-importing torch.
+    code = evaluate_results.main(list(args))
     out = capsys.readouterr()
     return code, out.out, out.err
 

@@ -95,3 +95,14 @@ def test_get_trained_end_to_end(configs, server):
     for k, v in want.items():
         assert torch.equal(got[k], v), k
     assert model_zoo.is_verified(model_zoo.get_checkpoint_path("detgn://tiny/model_final"))
+
+
+def test_zoo_functions_are_attributes_of_the_zoo(configs):
+    """``model_zoo.get_config(name)`` as in detectron2: the functions of model_zoo.configs."""
+    for name in ("get", "get_config", "get_config_file", "trained_weights_name"):
+        assert getattr(model_zoo, name) is getattr(zoo_configs, name)
+        assert name in dir(model_zoo)
+    assert model_zoo.get_config_file("tiny") == str(configs / "paper" / "tiny.yaml")
+    assert model_zoo.get_config("detgn://paper/tiny/model_final").SOLVER.MAX_ITER == 7
+    with pytest.raises(AttributeError, match="no attribute 'get_cfg'"):
+        model_zoo.get_cfg

@@ -1,6 +1,6 @@
 """Fixtures of the end-to-end tool tests: a tiny synthetic dataset and a tiny model config.
 
-``tools_synthetic_root`` (session scope): a ``DETGN_DATASETS``-style folder holding
+``tools_synthetic_root`` (``scope="session"``): a ``DETGN_DATASETS``-style folder holding
 ``synthetic/`` (8 train images, 5 val images of 128-160 px), so the built-in
 ``synthetic_train`` / ``synthetic_val`` names resolve to it in this process (with
 ``monkeypatch.setenv``) and in subprocesses (with :func:`subprocess_env`). Five val

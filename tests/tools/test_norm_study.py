@@ -97,7 +97,7 @@ def test_findings_say_which_claims_hold():
     assert any(t.startswith("GN's error varies") for t in failed)
     assert any(t.startswith("BN+EvalNorm recovers") for t in failed)
     assert "NO: GN's error varies" in S.markdown_table(S.summarize(_grid(broken)))
-    # A BN baseline that is noise at its best batch (issue 23: 6.8 / 12.1 / 19.2) is caught, although
+    # A BN baseline that is noise at its best batch (the 6-epoch recipe before 51ae41e: 6.8 / 12.1 / 19.2) is caught, although
     # its median is "within noise" of GN's.
     noisy = dict(paper_like, BN={**paper_like["BN"], 32: [6.8, 12.1, 19.2]})
     failed = [text for ok, text in S.findings(S.summarize(_grid(noisy))) if not ok]

@@ -42,7 +42,7 @@ def _run(tools_helpers, cmd, env, log, timeout):
 
 
 def test_fpn_gn_long_as_a_new_user_meets_it(tools_helpers, coco2017_like, r50_gn_zoo_mirror, tmp_path):
-    """Item 4 of issue 10: dataset + zoo mirror + the config's own weights, no flag."""
+    """A new user's path: dataset + zoo mirror + the config's own weights, no flag."""
     mirror, blobs = r50_gn_zoo_mirror
     out = tmp_path / "out"
     env = _env(tools_helpers, coco2017_like, tmp_path, DETGN_MODEL_ZOO_MIRROR=str(mirror))
@@ -72,7 +72,7 @@ def test_fpn_gn_long_as_a_new_user_meets_it(tools_helpers, coco2017_like, r50_gn
 
 
 def test_fpn_gn_long_from_scratch_on_the_real_format(tools_helpers, coco2017_like, tmp_path):
-    """Item 2 of issue 10: MODEL.WEIGHTS "" on the COCO stand-in: trains, evaluates, logs the drop."""
+    """MODEL.WEIGHTS "" on the COCO stand-in: trains, evaluates, logs the drop."""
     out = tmp_path / "out"
     env = _env(tools_helpers, coco2017_like, tmp_path)
     cmd = tools_helpers.train_net_cmd(

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU path, measured on a GPU (issue 24), in one call on a machine with one CUDA GPU.
+# The GPU path, measured on a GPU, in one call on a machine with one CUDA GPU.
 #
 #   bash tools/gpu/check_gpu.sh OUT_DIR [STEP ...]      # default: every step but demo
 #
