@@ -71,8 +71,8 @@ def make_random_weights_decisive(model: torch.nn.Module, image: Optional[np.ndar
     Random weights give every class a probability near 1/(K+1) and every mask pixel a
     probability near 0.5 +- 1e-6, where the last bit of any float sum reorders detections and
     flips pixels; equality checks and benchmarks on such a model measure noise. This scales the
-    class logits x30 and the mask logits x300 (trained heads' logits are that far from 0) and,
-    given an image, sets frozen-BN statistics from it (:func:`calibrate_frozen_bn`). Used only
+    class logits x30 and the mask logits x300 (trained heads' logits are that far from 0), sets
+    the mask logits' bias to -1 and, given an image, sets frozen-BN statistics from it (:func:`calibrate_frozen_bn`). Used only
     where no weights are given (``tools/check_export.py``, ``tools/benchmark.py --backend``).
     """
     if image is not None:
@@ -82,6 +82,10 @@ def make_random_weights_decisive(model: torch.nn.Module, image: Optional[np.ndar
     mask_head = getattr(heads, "mask_head", None)
     if mask_head is not None:
         mask_head.mask_fcn_logits.weight.mul_(300.0)
+        # Where the features are all zero (ReLU), a logit is its bias: 0 at initialisation, a
+        # probability of exactly 0.5 that any float error flips. A trained head's bias is not 0.
+        if mask_head.mask_fcn_logits.bias is not None:
+            mask_head.mask_fcn_logits.bias.fill_(-1.0)
 
 
 def _eager(cfg, bf16: bool):

@@ -25,8 +25,9 @@ bits allow, and no more:
   detection lost or added with no such reason, fails.
 - **Masks** of matched pairs: IoU of the pasted bool masks at least ``MASK_IOU_MIN``, or, for
   small masks where one pixel weighs more, differences only on the reference mask's boundary
-  (pixels next to one of the other value) and at most ``BOUNDARY_FLIP_FRAC`` of it: a float
-  error moves the boundary by a fraction of a pixel; it never flips the interior. M x M
+  (pixels next to one of the other value) or as lone pixels (a local extremum of the
+  probability at 0.5), and at most ``BOUNDARY_FLIP_FRAC`` of the boundary: a float error
+  moves the 0.5 contour by a fraction of a pixel; it flips no patch of the interior. M x M
   probabilities agree to 1e-3, or as masks at 0.5.
 """
 from __future__ import annotations
@@ -190,12 +191,20 @@ def _mask_differs(ref: np.ndarray, other: np.ndarray) -> bool:
     union = np.logical_or(ref, other).sum()
     if np.logical_and(ref, other).sum() >= MASK_IOU_MIN * union:
         return False
-    pad = np.pad(ref, 1, mode="edge")
-    boundary = np.zeros_like(ref)
-    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
-        boundary |= pad[dy: dy + ref.shape[0], dx: dx + ref.shape[1]] != ref
+    boundary = _neighbours(ref, lambda n: n != ref)  # pixels next to one of the other value
+    isolated = diff & ~_neighbours(diff, lambda n: n)  # lone flips: a local extremum at 0.5
     flips = diff.sum()
-    return bool((diff & ~boundary).any() or flips > BOUNDARY_FLIP_FRAC * max(int((boundary & ref).sum()), 1))
+    return bool((diff & ~(boundary | isolated)).any()
+                or flips > BOUNDARY_FLIP_FRAC * max(int((boundary & ref).sum()), 1))
+
+
+def _neighbours(mask: np.ndarray, test) -> np.ndarray:
+    """Pixels with a 4-neighbour ``n`` (of ``mask``, edges repeated) for which ``test(n)`` holds."""
+    pad = np.pad(mask, 1, mode="edge")
+    out = np.zeros(mask.shape, dtype=bool)
+    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+        out |= test(pad[dy: dy + mask.shape[0], dx: dx + mask.shape[1]])
+    return out
 
 
 def match_detections(ref_boxes, ref_scores, ref_classes, boxes, scores, classes, ref_masks=None, masks=None,

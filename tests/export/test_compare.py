@@ -100,8 +100,12 @@ def test_small_masks_may_differ_on_their_boundary_only():
     other[0, 10, 12] = False  # a boundary pixel
     m = match_detections(b, s, c, b, s, c, masks, other)
     assert m.ok and m.min_mask_iou < 0.99
+    lone = masks.clone()
+    lone[0, 12, 12] = False  # one pixel: a probability that dips to 0.5 there may flip alone
+    lone[0, 25, 25] = True
+    assert match_detections(b, s, c, b, s, c, masks, lone).ok
     hole = masks.clone()
-    hole[0, 12, 12] = False  # an interior pixel: no float error flips it
+    hole[0, 12:14, 12:14] = False  # an interior patch: no float error flips it
     assert not match_detections(b, s, c, b, s, c, masks, hole).ok
     shifted = masks.clone()
     shifted[0] = torch.roll(masks[0], 1, dims=1)  # a whole pixel off: every edge pixel of two sides

@@ -164,3 +164,16 @@ def test_mask_inference_picks_predicted_class():
     mask_rcnn_inference(logits, [a, b])
     assert a.pred_masks.shape == (2, 1, 4, 4) and b.pred_masks.shape == (1, 1, 4, 4)
     assert a.pred_masks[0].min() > 0.99 and a.pred_masks[1].max() == 0.5
+
+
+def test_subnormal_scores_are_never_detections():
+    """With SCORE_THRESH_TEST 0, a probability below the smallest normal float32 (which some CPU
+    kernels flush to 0 and others keep) is not a detection: the count does not depend on the CPU."""
+    boxes = torch.tensor([[0.0, 0, 10, 10, 20, 20, 30, 30]])
+    scores = torch.tensor([[0.9, 1e-40, 0.1 - 1e-40]])
+    assert scores[0, 1] > 0  # a subnormal, not zero
+    (res,), _ = fast_rcnn_inference([boxes], [scores], [(40, 40)], 0.0, 0.5, 100)
+    assert res.pred_classes.tolist() == [0]
+    scores[0, 1] = 2e-38  # the smallest normal is 1.18e-38
+    (res,), _ = fast_rcnn_inference([boxes], [scores], [(40, 40)], 0.0, 0.5, 100)
+    assert res.pred_classes.tolist() == [0, 1]
