@@ -4,7 +4,8 @@ One decision serves training (the trainer's autocast) and inference (``Generaliz
 forward, so ``Predictor``, evaluation and the benchmark): ``auto`` turns bf16 on exactly
 when the CPU computes bf16 natively (AMX-BF16 or AVX512-BF16), where it measured 1.3-2x
 faster; without them bf16 is emulated and slower than fp32 (measured on an AVX2-only EPYC),
-so ``auto`` keeps fp32 there. ``on`` / ``off`` force the choice. The choice and its reason
+so ``auto`` keeps fp32 there, and where ``ONEDNN_MAX_CPU_ISA`` / ``ATEN_CPU_CAPABILITY`` cap
+the kernels below bf16 (an AVX2-only CPU emulated on a newer one). ``on`` / ``off`` force the choice. The choice and its reason
 are logged once per process.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -54,15 +55,49 @@ def _cpuinfo_flags() -> frozenset:
     return frozenset()
 
 
+# oneDNN's instruction-set caps (ONEDNN_MAX_CPU_ISA), in increasing order, and the first that
+# computes bf16 natively (AVX512_CORE_BF16) and the first with AMX.
+_ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
+                "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10_1_512_AMX",
+                "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16")
+_BF16_ISA, _AMX_ISA = _ONEDNN_ISAS.index("AVX512_CORE_BF16"), _ONEDNN_ISAS.index("AVX512_CORE_AMX")
+
+
+def isa_caps() -> Tuple[Optional[int], str]:
+    """The instruction-set cap set in the environment: (rank in ``_ONEDNN_ISAS`` or None, a description).
+
+    ``ONEDNN_MAX_CPU_ISA`` (or ``DNNL_MAX_CPU_ISA``) caps oneDNN's convolutions and
+    ``ATEN_CPU_CAPABILITY`` torch's own kernels; ``default`` or ``avx2`` there has no bf16 kernels.
+    """
+    import os
+
+    rank, said = None, []
+    for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        value = os.environ.get(var, "").strip().upper()
+        if value and value not in ("ALL", "DEFAULT"):
+            said.append(f"{var}={value}")
+            if value in _ONEDNN_ISAS:
+                rank = _ONEDNN_ISAS.index(value) if rank is None else min(rank, _ONEDNN_ISAS.index(value))
+    aten = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    if aten in ("default", "avx2"):
+        said.append(f"ATEN_CPU_CAPABILITY={aten}")
+        rank = min(rank, _ONEDNN_ISAS.index("AVX2")) if rank is not None else _ONEDNN_ISAS.index("AVX2")
+    return rank, ", ".join(said)
+
+
 def cpu_bf16_support() -> Tuple[bool, str]:
-    """(native bf16 available, which instructions): torch's own probes, else /proc/cpuinfo."""
+    """(native bf16 available, which instructions): torch's own probes, else /proc/cpuinfo, within
+    the instruction-set caps of the environment (:func:`isa_caps`)."""
     flags = _cpuinfo_flags()
+    cap, said = isa_caps()
     found = []
-    if _probe("_is_amx_tile_supported") or "amx_bf16" in flags:
+    if (_probe("_is_amx_tile_supported") or "amx_bf16" in flags) and (cap is None or cap >= _AMX_ISA):
         found.append("AMX-BF16")
-    if _probe("_is_avx512_bf16_supported") or "avx512_bf16" in flags:
+    if (_probe("_is_avx512_bf16_supported") or "avx512_bf16" in flags) and (cap is None or cap >= _BF16_ISA):
         found.append("AVX512-BF16")
-    return bool(found), "/".join(found) if found else "no AMX-BF16 or AVX512-BF16"
+    if found:
+        return True, "/".join(found)
+    return False, "no AMX-BF16 or AVX512-BF16" + (f" within {said}" if said else "")
 
 
 def normalize_bf16_setting(value) -> str:

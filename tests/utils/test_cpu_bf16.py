@@ -104,3 +104,26 @@ def test_bf16_inference_keeps_outputs_float32_and_close_to_fp32():
     assert b.pred_masks.dtype == torch.bool and b.pred_masks.shape[1:] == a.pred_masks.shape[1:]
     assert len(b) == len(a) == 100
     assert (a.scores.max() - b.scores.max()).abs() < 0.05
+
+
+@pytest.mark.parametrize("env, native", [
+    ({}, True),
+    ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, False),  # an AVX2-only CPU emulated on a newer one
+    ({"ONEDNN_MAX_CPU_ISA": "avx512_core_vnni"}, False),
+    ({"ATEN_CPU_CAPABILITY": "avx2"}, False),
+    ({"DNNL_MAX_CPU_ISA": "AVX512_CORE_BF16"}, "AVX512-BF16"),  # bf16 kept, AMX capped away
+    ({"ONEDNN_MAX_CPU_ISA": "ALL"}, True),
+])
+def test_instruction_set_caps_of_the_environment(monkeypatch, env, native):
+    """auto follows what the kernels may use, not only what the CPU has."""
+    for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setattr(cpu, "_cpuinfo_flags", lambda: frozenset({"avx2", "avx512_bf16", "amx_bf16"}))
+    found, what = cpu.cpu_bf16_support()
+    if native is False:
+        assert not found and "within" in what
+        assert not cpu.resolve_bf16("auto").enabled
+    else:
+        assert found and (native is True and what == "AMX-BF16/AVX512-BF16" or what == native)
