@@ -128,7 +128,8 @@ def main(argv=None):
     ap.add_argument("--val", type=int, default=100, help="synthetic validation images")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--num-vis", type=int, default=8, help="validation images to draw")
-    ap.add_argument("--score-thresh", type=float, default=0.3, help="draw detections scoring at least this")
+    ap.add_argument("--score-thresh", type=float, default=0.5,
+                    help="draw detections scoring at least this (0.5, the display threshold of detectron2's demo)")
     ap.add_argument("--procs", type=int, default=0,
                     help="training processes (0: 2 when there are 2+ cores, else 1)")
     ap.add_argument("--fresh", action="store_true", help="retrain even if a finished run exists")

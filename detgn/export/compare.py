@@ -24,11 +24,11 @@ bits allow, and no more:
   the two of a near-tie, or at an IoU within precision of the NMS threshold. Anything else, a
   detection lost or added with no such reason, fails.
 - **Masks** of matched pairs: IoU of the pasted bool masks at least ``MASK_IOU_MIN``, or, for
-  small masks where one pixel weighs more, differences only on the reference mask's boundary
-  (pixels next to one of the other value) or as lone pixels (a local extremum of the
-  probability at 0.5), and at most ``BOUNDARY_FLIP_FRAC`` of the boundary: a float error
-  moves the 0.5 contour by a fraction of a pixel; it flips no patch of the interior. M x M
-  probabilities agree to 1e-3, or as masks at 0.5.
+  small masks where one pixel weighs more, differences of at most ``MASK_CELL_FLIPS`` cells of
+  the M x M grid the mask was predicted on (a cell is the box's width / M by its height / M
+  pixels): a predicted probability within float precision of 0.5 may land on either side,
+  and the paste's bilinear interpolation spreads it over the pixels of its neighbouring
+  cells (2 x 2 cells). M x M probabilities agree to 1e-3, or as masks at 0.5.
 """
 from __future__ import annotations
 
@@ -38,13 +38,13 @@ from typing import Dict, List, Optional
 import numpy as np
 
 __all__ = ["DetectionMatch", "DecisionRules", "match_detections", "explain_differences", "rules_of_model",
-           "rules_of_metadata", "BOX_TOL", "BOX_TOL_REL", "SCORE_TOL", "MASK_IOU_MIN", "BOUNDARY_FLIP_FRAC"]
+           "BOX_TOL", "BOX_TOL_REL", "SCORE_TOL", "MASK_IOU_MIN", "MASK_CELL_FLIPS"]
 
 BOX_TOL = 0.01
 BOX_TOL_REL = 2e-5
 SCORE_TOL = 2e-5
 MASK_IOU_MIN = 0.99
-BOUNDARY_FLIP_FRAC = 0.1
+MASK_CELL_FLIPS = 4
 
 
 @dataclass(frozen=True)
@@ -57,20 +57,16 @@ class DecisionRules:
     score_thresh: Optional[float] = None
     nms_thresh: Optional[float] = None
     topk: Optional[int] = None
+    mask_size: int = 28  # M of the M x M masks the model predicts
 
 
 def rules_of_model(model) -> DecisionRules:
     """The box predictor's test-time score threshold, NMS threshold and detections per image."""
     predictor = model.roi_heads.box_predictor
     topk = int(predictor.test_topk_per_image)
+    mask_size = getattr(getattr(model.roi_heads, "mask_head", None), "mask_size", None)
     return DecisionRules(float(predictor.test_score_thresh), float(predictor.test_nms_thresh),
-                         topk if topk >= 0 else None)
-
-
-def rules_of_metadata(meta: Dict) -> DecisionRules:
-    """The same rules from an export folder's metadata."""
-    topk = int(meta["detections_per_image"])
-    return DecisionRules(float(meta["score_threshold"]), float(meta["nms_threshold"]), topk if topk >= 0 else None)
+                         topk if topk >= 0 else None, int(mask_size or 28))
 
 
 @dataclass
@@ -183,28 +179,16 @@ def explain_differences(sets, unmatched, rules: DecisionRules, score_tol: float 
     return reasons
 
 
-def _mask_differs(ref: np.ndarray, other: np.ndarray) -> bool:
-    """Bool masks: differences beyond a float error's reach (see the module docstring)."""
-    diff = ref != other
-    if not diff.any():
+def _mask_differs(ref: np.ndarray, other: np.ndarray, box: np.ndarray, mask_size: int) -> bool:
+    """Bool masks of a box: differences beyond a float error's reach (see the module docstring)."""
+    flips = int((ref != other).sum())
+    if flips == 0:
         return False
     union = np.logical_or(ref, other).sum()
     if np.logical_and(ref, other).sum() >= MASK_IOU_MIN * union:
         return False
-    boundary = _neighbours(ref, lambda n: n != ref)  # pixels next to one of the other value
-    isolated = diff & ~_neighbours(diff, lambda n: n)  # lone flips: a local extremum at 0.5
-    flips = diff.sum()
-    return bool((diff & ~(boundary | isolated)).any()
-                or flips > BOUNDARY_FLIP_FRAC * max(int((boundary & ref).sum()), 1))
-
-
-def _neighbours(mask: np.ndarray, test) -> np.ndarray:
-    """Pixels with a 4-neighbour ``n`` (of ``mask``, edges repeated) for which ``test(n)`` holds."""
-    pad = np.pad(mask, 1, mode="edge")
-    out = np.zeros(mask.shape, dtype=bool)
-    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
-        out |= test(pad[dy: dy + mask.shape[0], dx: dx + mask.shape[1]])
-    return out
+    cell = max(float(box[2] - box[0]), 1.0) * max(float(box[3] - box[1]), 1.0) / mask_size ** 2
+    return flips > MASK_CELL_FLIPS * max(cell, 1.0)
 
 
 def match_detections(ref_boxes, ref_scores, ref_classes, boxes, scores, classes, ref_masks=None, masks=None,
@@ -259,8 +243,13 @@ def match_detections(ref_boxes, ref_scores, ref_classes, boxes, scores, classes,
             union = np.logical_or(rm[i], om[j]).sum()
             ious.append(1.0 if union == 0 else np.logical_and(rm[i], om[j]).sum() / union)
         result.min_mask_iou = float(min(ious))
-        if not (probabilities and result.max_mask_err <= 1e-3):
-            result.bad_masks = [i for i, j in pairs if _mask_differs(rm[i], om[j])]
+        if probabilities:
+            bad = [] if result.max_mask_err <= 1e-3 else [i for i, j in pairs if _mask_differs(
+                rm[i], om[j], np.array([0, 0, rm.shape[-1], rm.shape[-2]]), rm.shape[-1])]
+        else:
+            size = (rules or DecisionRules()).mask_size
+            bad = [i for i, j in pairs if _mask_differs(rm[i], om[j], rb[i], size)]
+        result.bad_masks = bad
     return result
 
 

@@ -152,6 +152,8 @@ class MaskRCNNConvUpsampleHead(nn.Module):
         if len(conv_dims) < 1:
             raise ValueError("conv_dims needs at least the deconv's channels")
         self.conv_norm = conv_norm
+        # (M, M) of the predicted masks: the deconv doubles the RoI features' side.
+        self.mask_size = 2 * input_shape.height if input_shape.height else None
         self.conv_names, channels = add_conv_norm_relu_stack(
             self, in_channels=input_shape.channels, dims=conv_dims[:-1], norm=conv_norm, name_format="mask_fcn{}"
         )
