@@ -2,12 +2,14 @@
 
 An export computes the eager model's float32 arithmetic in another order (other kernels,
 other vector widths), so its numbers differ in the last bits: relative errors of ~1e-5 at the
-end of a ResNet (measured in ``docs/export/README.md``). The rule below asks for what those
+end of a ResNet (measured in ``docs/history/export.md``). The rule below asks for what those
 bits allow, and no more:
 
 - **Matched detections.** Each detection needs a partner in the other set with the same class,
-  a box within ``box_tol`` px in every coordinate and a score within ``score_tol``. The box
-  tolerance is ``BOX_TOL`` px plus ``BOX_TOL_REL`` of the box's longer side: a box is decoded
+  a box within ``box_tol`` px in every coordinate and a score within ``SCORE_TOL`` (3e-5:
+  twice the largest score error measured between the backends on R50 models, 1.4e-5, and
+  below the 5e-5 to 8e-5 that a 1% change of one box-head weight moves several scores of a
+  small model by: ``docs/history/export.md``). The box tolerance is ``BOX_TOL`` px plus ``BOX_TOL_REL`` of the box's longer side: a box is decoded
   as ``anchor or proposal + delta x its size``, so the error of a float32 network's deltas
   becomes pixels in proportion to the box (a 600 px box of a C4 model's 2048-channel head moves
   ~0.01 px). Detections are matched one to one, not by position: two backends order near-tied
@@ -42,7 +44,7 @@ __all__ = ["DetectionMatch", "DecisionRules", "match_detections", "explain_diffe
 
 BOX_TOL = 0.01
 BOX_TOL_REL = 2e-5
-SCORE_TOL = 2e-5
+SCORE_TOL = 3e-5
 MASK_IOU_MIN = 0.99
 MASK_CELL_FLIPS = 4
 
