@@ -30,7 +30,9 @@ bits allow, and no more:
   the M x M grid the mask was predicted on (a cell is the box's width / M by its height / M
   pixels): a predicted probability within float precision of 0.5 may land on either side,
   and the paste's bilinear interpolation spreads it over the pixels of its neighbouring
-  cells (2 x 2 cells). M x M probabilities agree to 1e-3, or as masks at 0.5.
+  cells (2 x 2 cells). With Detectron's or torchvision's paste (an integer window), two boxes
+  equal within precision whose windows truncate to different integers give masks a pixel apart:
+  that too is a decision within precision. M x M probabilities agree to 1e-3, or as masks at 0.5.
 """
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import numpy as np
+
+from detgn.layers.mask_ops import expanded_window
 
 __all__ = ["DetectionMatch", "DecisionRules", "match_detections", "explain_differences", "rules_of_model",
            "BOX_TOL", "BOX_TOL_REL", "SCORE_TOL", "MASK_IOU_MIN", "MASK_CELL_FLIPS"]
@@ -60,6 +64,7 @@ class DecisionRules:
     nms_thresh: Optional[float] = None
     topk: Optional[int] = None
     mask_size: int = 28  # M of the M x M masks the model predicts
+    mask_paste: str = "grid_sample"  # the model's paste (detgn.layers.mask_ops.PASTE_METHODS)
 
 
 def rules_of_model(model) -> DecisionRules:
@@ -68,7 +73,7 @@ def rules_of_model(model) -> DecisionRules:
     topk = int(predictor.test_topk_per_image)
     mask_size = getattr(getattr(model.roi_heads, "mask_head", None), "mask_size", None)
     return DecisionRules(float(predictor.test_score_thresh), float(predictor.test_nms_thresh),
-                         topk if topk >= 0 else None, int(mask_size or 28))
+                         topk if topk >= 0 else None, int(mask_size or 28), getattr(model, "mask_paste", "grid_sample"))
 
 
 @dataclass
@@ -108,7 +113,8 @@ class DetectionMatch:
         if self.max_mask_err is not None:
             parts.append(f"max mask probability error {self.max_mask_err:.3g}")
         if self.bad_masks:
-            parts.append(f"{len(self.bad_masks)} masks differ beyond their boundary, first: #{self.bad_masks[0]}")
+            parts.append(f"{len(self.bad_masks)} masks differ by more than {MASK_CELL_FLIPS} cells of their grid and "
+                         f"IoU {MASK_IOU_MIN}, first: #{self.bad_masks[0]}")
         return "; ".join(parts)
 
 
@@ -249,8 +255,19 @@ def match_detections(ref_boxes, ref_scores, ref_classes, boxes, scores, classes,
             bad = [] if result.max_mask_err <= 1e-3 else [i for i, j in pairs if _mask_differs(
                 rm[i], om[j], np.array([0, 0, rm.shape[-1], rm.shape[-2]]), rm.shape[-1])]
         else:
-            size = (rules or DecisionRules()).mask_size
-            bad = [i for i, j in pairs if _mask_differs(rm[i], om[j], rb[i], size)]
+            rules = rules or DecisionRules()
+            bad = []
+            for i, j in pairs:
+                if not _mask_differs(rm[i], om[j], rb[i], rules.mask_size):
+                    continue
+                # Detectron's and torchvision's pastes truncate the widened box to integers: two
+                # boxes equal within precision may fall on either side of an integer, and their
+                # masks are then pasted into windows a pixel apart.
+                window = (rules.mask_size, rules.mask_size)
+                if rules.mask_paste != "grid_sample" and expanded_window(rb[i], window) != expanded_window(ob[j], window):
+                    result.explained["paste window"] = result.explained.get("paste window", 0) + 1
+                else:
+                    bad.append(i)
         result.bad_masks = bad
     return result
 

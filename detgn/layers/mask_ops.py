@@ -76,6 +76,18 @@ def paste_mask_in_box(
     return values[0, 0], (x0, y0, x1, y1)
 
 
+def expanded_window(box, mask_size: Tuple[int, int]) -> Tuple[int, int, int, int]:
+    """Detectron's integer paste window (x0, y0, x1, y1), inclusive, before clipping to the image:
+    the box scaled by (M + 2) / M about its centre, truncated toward zero (numpy's
+    astype(int32), torch's to(int64)). A box coordinate that moves across an integer moves the
+    whole pasted mask by a pixel."""
+    mh, mw = mask_size
+    bx1, by1, bx2, by2 = (float(v) for v in box)
+    cx, cy = (bx1 + bx2) * 0.5, (by1 + by2) * 0.5
+    half_w, half_h = (bx2 - bx1) * 0.5 * (mw + 2) / mw, (by2 - by1) * 0.5 * (mh + 2) / mh
+    return tuple(int(v) for v in (cx - half_w, cy - half_h, cx + half_w, cy + half_h))
+
+
 def paste_mask_expanded(
     mask: torch.Tensor, box: torch.Tensor, image_shape: Tuple[int, int]
 ) -> Tuple[torch.Tensor, Tuple[int, int, int, int]]:
@@ -85,15 +97,10 @@ def paste_mask_expanded(
         values: (y1 - y0, x1 - x0) float probabilities of the window's pixels.
         window: (x0, y0, x1, y1), the window in image pixels (may be empty).
     """
-    mh, mw = mask.shape[-2:]
     img_h, img_w = image_shape
     # float32 or wider (a float64 model's masks stay float64: values at the threshold matter).
     padded = F.pad(mask if mask.dtype == torch.float64 else mask.float(), (1, 1, 1, 1))
-    bx1, by1, bx2, by2 = (float(v) for v in box)
-    cx, cy = (bx1 + bx2) * 0.5, (by1 + by2) * 0.5
-    half_w, half_h = (bx2 - bx1) * 0.5 * (mw + 2) / mw, (by2 - by1) * 0.5 * (mh + 2) / mh
-    # Truncation toward zero, as numpy's astype(int32) and torch's to(int64) do.
-    x0, y0, x1, y1 = (int(v) for v in (cx - half_w, cy - half_h, cx + half_w, cy + half_h))
+    x0, y0, x1, y1 = expanded_window(box, tuple(mask.shape[-2:]))
     w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
     resized = F.interpolate(padded[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
     wx0, wy0 = max(x0, 0), max(y0, 0)

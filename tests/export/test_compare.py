@@ -112,3 +112,19 @@ def test_small_masks_may_differ_by_a_few_cells_of_their_grid():
     assert not match_detections(b, s, c, b, s, c, masks, shifted).ok
     coarse = DecisionRules(mask_size=7)  # a coarser grid: a cell is 24 px, the shift is within one
     assert match_detections(b, s, c, b, s, c, masks, shifted, rules=coarse).ok
+
+
+def test_an_integer_paste_window_may_fall_either_way():
+    """Detectron's paste truncates the widened box to integers: boxes 0.002 px apart across an
+    integer give masks a pixel apart, explained only for that paste and only across the integer."""
+    s, c = torch.tensor([0.9]), torch.tensor([1])
+    box, moved = torch.tensor([[10.0, 10.0, 38.0, 38.0]]), torch.tensor([[9.999, 10.0, 37.999, 38.0]])
+    masks = torch.zeros(1, 50, 50, dtype=torch.bool)
+    masks[0, 12:36, 12:36] = True
+    shifted = torch.roll(masks, -1, dims=2)  # the window one pixel to the left: 48 pixels differ
+    detectron = DecisionRules(mask_paste="detectron")
+    m = match_detections(box, s, c, moved, s, c, masks, shifted, rules=detectron)
+    assert m.ok and m.explained == {"paste window": 1}, m.summary()
+    assert not match_detections(box, s, c, moved, s, c, masks, shifted, rules=DecisionRules()).ok
+    same_window = torch.tensor([[10.001, 10.0, 38.001, 38.0]])
+    assert not match_detections(box, s, c, same_window, s, c, masks, shifted, rules=detectron).ok
