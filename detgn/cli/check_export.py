@@ -7,12 +7,19 @@
     detgn check-export --config synthetic/demo_gn_scratch.yaml --model exported/ \\
         --dataset synthetic_val MODEL.WEIGHTS output/demo/model_final.pth
 
+    # where the numbers part: eager against onnxruntime stage by stage, then the check
+    detgn check-export --config gn_paper/mask_rcnn_R_50_C4_GN_2x.yaml --stages --sizes 320x480,400x300 \
+        MODEL.WEIGHTS "" MODEL.ROI_HEADS.SCORE_THRESH_TEST 0.0 INPUT.MIN_SIZE_TEST 320 INPUT.MAX_SIZE_TEST 512
+
 The reference is ``Predictor`` in fp32 (``CPU.BF16 off``). Per image it prints the detection
-counts, the largest box and score differences of the matched detections and the smallest mask
-IoU; the export passes when every image has the same count and every detection its partner
-(same class, box within 0.01 px, score within 1e-4) with mask IoU >= 0.99. Empty MODEL.WEIGHTS
-uses a seeded random initialisation made as decisive as trained weights (class logits x30, mask
-logits x300, frozen-BN statistics from the first image; see make_random_weights_decisive); set
+counts, the largest box and score differences of the matched detections (and the box error as
+a fraction of the allowed), the smallest mask IoU, and the differences explained by decisions
+within precision. The export passes when every detection has its partner (same class, box
+within 0.01 px + 2e-5 of its side, score within 3e-5) or a decision within precision explains
+it (score threshold, top-k cut, NMS near-tie), and masks agree (IoU >= 0.99, or at most 4 cells
+of their grid differ): :mod:`detgn.export.compare`. Empty MODEL.WEIGHTS uses a seeded random
+initialisation made as decisive as trained weights (class logits x30, mask logits x300 with a
+bias of -1, frozen-BN statistics from the first image; see make_random_weights_decisive); set
 SCORE_THRESH_TEST 0 to get 100 detections from it.
 Exit status: 0 equal (and AP within 0.1), 1 not, 2 a bad command line.
 """
@@ -47,6 +54,9 @@ def parse_args(argv):
                         "tracing size, the resize of a 480x640 image)")
     p.add_argument("--input", help="test on these images instead (file, folder or glob)")
     p.add_argument("--dataset", help="also compare COCO AP on this registered dataset")
+    p.add_argument("--stages", action="store_true",
+                   help="first compare eager and onnxruntime stage by stage on each image (backbone, proposals, "
+                        "pooled RoIs, box head, logits, deltas, detections): where the numbers part")
     args = parse_args_with_overrides(p, argv)
     args.format = args.format.split(",")
     if any(f not in ("onnx", "torch_export") for f in args.format):
@@ -88,6 +98,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     images = _images(args)
     if not cfg.MODEL.WEIGHTS:
         make_random_weights_decisive(reference.model, images[0])
+    if args.stages:
+        from detgn.export.stages import compare_stages, format_stages
+
+        tables = compare_stages(reference.model, images, min_size_test=cfg.INPUT.MIN_SIZE_TEST,
+                                max_size_test=cfg.INPUT.MAX_SIZE_TEST, image_format=cfg.INPUT.FORMAT)
+        for image, rows in zip(images, tables):
+            print(f"== stages, onnxruntime against PyTorch, {image.shape[0]}x{image.shape[1]}\n{format_stages(rows)}",
+                  flush=True)
     ok = True
     with tempfile.TemporaryDirectory(prefix="detgn_check_") as tmp:
         folders = [args.model] if args.model else []

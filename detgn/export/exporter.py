@@ -123,7 +123,7 @@ def _module_path(exc: BaseException, model: nn.Module) -> Optional[str]:
     return found
 
 
-def _sample_images(model: nn.Module, min_size: int, max_size: int, seed: int = 0) -> List[torch.Tensor]:
+def sample_images(model: nn.Module, min_size: int, max_size: int, seed: int = 0) -> List[torch.Tensor]:
     """Three (3, h, w) uint8 images: the tracing sample and two other sizes to check the export on."""
     from detgn.data.transforms import resized_shape
 
@@ -150,7 +150,9 @@ def _compare(expected: Sequence[torch.Tensor], got: Sequence[np.ndarray], what: 
         raise ExportError(f"{what}: the exported model does not reproduce the eager model: {match.summary()}")
 
 
-def _export_program(graph: ExportableDetector, sample: torch.Tensor, min_side: int):
+def export_program(graph: nn.Module, sample: torch.Tensor, min_side: int):
+    """``torch.export`` of ``graph(image, original_size)`` traced on ``sample``, with dynamic height
+    and width from ``min_side`` to ``MAX_SIDE``."""
     from torch.export import Dim, export
 
     dims = {"image": {1: Dim("height", min=min_side, max=MAX_SIDE), 2: Dim("width", min=min_side, max=MAX_SIDE)},
@@ -218,7 +220,7 @@ def export_detector(
     folded = prepare_for_export(model)
     graph = ExportableDetector(model).eval()
     min_side, max_side = input_side_limits(model)
-    samples = _sample_images(model, min_size_test, max_size_test)
+    samples = sample_images(model, min_size_test, max_size_test)
     meta = dict(metadata)
     meta.update(format_version=FORMAT_VERSION, format=fmt, model_file=MODEL_FILES[fmt], detgn_version=detgn.__version__,
                 mask_on=graph.mask_on, outputs=list(OUTPUT_NAMES[: 4 if graph.mask_on else 3]),
@@ -229,7 +231,7 @@ def export_detector(
     stage = "tracing the detector with torch.export"
     try:
         with torch.no_grad():
-            program = _export_program(graph, samples[0], min_side)
+            program = export_program(graph, samples[0], min_side)
         if fmt == "onnx":
             stage = "translating the exported program to ONNX"
             data = _onnx_bytes(program, meta_json)

@@ -109,13 +109,20 @@ class ExportableDetector(nn.Module):
         keep = batched_nms_op(boxes, logits, levels, float(rpn.nms_thresh), len(anchors))[:post_topk]
         return boxes[keep]
 
-    def _box_features(self, features: Dict[str, torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
+    def _pooled_for_boxes(self, features: Dict[str, torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
+        """(max(R, 1), C, P, P) RoI features the box branch pools (see :func:`_rois`)."""
         heads = self.model.roi_heads
         if self.is_c4:
-            feats = [features[f] for f in heads.in_features]
-            return heads.res5(heads.pooler.pool(feats, _rois(boxes))).mean(dim=(2, 3))[: boxes.shape[0]]
-        feats = [features[f] for f in heads.box_in_features]
-        return heads.box_head(heads.box_pooler.pool(feats, _rois(boxes)))[: boxes.shape[0]]
+            return heads.pooler.pool([features[f] for f in heads.in_features], _rois(boxes))
+        return heads.box_pooler.pool([features[f] for f in heads.box_in_features], _rois(boxes))
+
+    def _box_head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The box branch's features of pooled RoIs: Res5 then a mean (C4), or the box head."""
+        heads = self.model.roi_heads
+        return heads.res5(pooled).mean(dim=(2, 3)) if self.is_c4 else heads.box_head(pooled)
+
+    def _box_features(self, features: Dict[str, torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
+        return self._box_head(self._pooled_for_boxes(features, boxes))[: boxes.shape[0]]
 
     def _detections(self, features, proposals: torch.Tensor, height, width):
         """``FastRCNNOutputLayers.inference`` of one image: (D, 4) boxes, (D,) scores, (D,) classes."""
