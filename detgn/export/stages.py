@@ -109,8 +109,8 @@ def compare_stages(model: nn.Module, images: Sequence[np.ndarray], *, min_size_t
     prepare_for_export(model)
     staged = StagedDetector(model).eval()
     min_side, _ = input_side_limits(model)
-    session = _onnx_session(staged, sample_images(model, min_size_test, max_size_test)[0], min_side)
-    names = [i.name for i in session.get_inputs()]
+    ort_session = _onnx_session(staged, sample_images(model, min_size_test, max_size_test)[0], min_side)
+    names = [i.name for i in ort_session.get_inputs()]
     mapper = DatasetMapper(is_train=False, min_size_test=min_size_test, max_size_test=max_size_test,
                            image_format=image_format, mask_on=False)
     out = []
@@ -119,7 +119,7 @@ def compare_stages(model: nn.Module, images: Sequence[np.ndarray], *, min_size_t
         inputs = mapper.map_image(image)
         size = torch.tensor([inputs["height"], inputs["width"]], dtype=torch.int64)
         eager = [t.numpy() for t in staged(inputs["image"], size)]
-        onnx = session.run(None, {names[0]: inputs["image"].numpy(), names[1]: size.numpy()})
+        onnx = ort_session.run(None, {names[0]: inputs["image"].numpy(), names[1]: size.numpy()})
         out.append(_stage_rows(eager, onnx, rules_of_model(model)))
     return out
 
