@@ -421,10 +421,11 @@ _C.TEST.PRECISE_BN.NUM_ITER = 200
 _C.DIST = CN()
 # Seconds a collective waits for a missing rank before every waiting rank fails with a message
 # naming the collective and the rank that stopped answering (also the limit for all ranks to join
-# the group). It must exceed the longest legitimate wait: a step (fpn_gn_long.yaml, 1 image of
-# 800x1216: 7.2 s on 2 cores of an AMD EPYC Zen 5, ~0.5 s on a GPU), rank 0 writing a checkpoint
-# (~1 s) and, the longest, rank 0 scoring COCO val2017 (5000 images) while the others wait: ~60 s
-# measured here. 600 s is 10x that: a hang is reported in 10 minutes instead of torch's 30.
+# the group). It must exceed the longest legitimate wait, measured on 2 cores of an AMD EPYC Zen 5:
+# a step of fpn_gn_long.yaml (1 image of 800x1216, bf16 autocast) 7.2 s, rank 0 writing its
+# checkpoint (365 MB) 1.0-1.5 s, and the longest, rank 0 scoring COCO val2017 while the others wait
+# (0.008 s/image with 100 detections: ~41 s for 5000 images). 600 s is over 10x that: a hang is
+# reported in 10 minutes instead of torch's 30. See docs/multinode.md.
 _C.DIST.TIMEOUT_SECONDS = 600.0
 # After a SIGTERM, the run finishes its step, saves a checkpoint and exits with status 143 ("requeue
 # me"); if that takes longer than this many seconds it exits at once (resuming from the previous

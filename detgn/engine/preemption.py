@@ -164,5 +164,7 @@ class StopAtRequest(HookBase):
     """
 
     def after_step(self) -> None:
-        if stop.agreed():
+        with comm.collective(f"the end of iteration {self.trainer.iter}"):
+            agreed = stop.agreed()
+        if agreed:
             raise stop.StopRequested(f"{stop.reason()}, after iteration {self.trainer.iter}")

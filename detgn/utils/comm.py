@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 # HEARTBEAT_STALE_S (a stopped, swapped-out or dead process; a live one beats every second).
 HEARTBEAT_S = 1.0
 HEARTBEAT_STALE_S = 3.5
+HEARTBEAT_MIN_S = 0.2
 
 
 class CollectiveError(UserError, RuntimeError):
@@ -41,6 +42,7 @@ class _Watch:
         self.stack: List[str] = []  # the names of the regions this rank is in, outermost first
         self._stop = threading.Event()
         self.cut_short = threading.Event()  # set by interrupt_diagnosis()
+        self.moved = threading.Event()  # set when this rank enters a collective
         self._thread = threading.Thread(target=self._beat, name="detgn-heartbeat", daemon=True)
         self._thread.start()
 
@@ -52,7 +54,10 @@ class _Watch:
                 self.store.set(f"heartbeat/{self.rank}", f"{count}|{self.seq}|{self.where}")
             except Exception:  # the store is gone (the job is ending): nothing left to report to
                 return
-            self._stop.wait(HEARTBEAT_S)
+            # Once a second, or sooner (at most 5 times a second) when this rank enters a collective.
+            self._stop.wait(HEARTBEAT_MIN_S)
+            self.moved.wait(HEARTBEAT_S - HEARTBEAT_MIN_S)
+            self.moved.clear()
 
     def close(self) -> None:
         self._stop.set()
@@ -129,6 +134,7 @@ def collective(name: str) -> Iterator[None]:
     watch.stack.append(name)
     name = ": ".join(watch.stack)
     watch.where = name
+    watch.moved.set()
     try:
         yield
     except RuntimeError as e:  # dist.DistError, or a plain RuntimeError from gloo/NCCL (DDP's reducer)
@@ -142,7 +148,7 @@ def collective(name: str) -> Iterator[None]:
         ) from e
     finally:
         watch.stack.pop()
-        watch.where = f"after {name}"
+        watch.where = f"between collectives (the last: {name})"
 
 
 def is_dist() -> bool:
