@@ -1,8 +1,8 @@
 """Real torchrun jobs of 2 gloo workers (tests/engine/torchrun_toy.py: the engine's group set-up,
 restart -> resume decision, SIGTERM handling, trainer and hooks on the toy model), each a few
 seconds: a worker killed under --max-restarts, SIGTERM to the whole job (DataLoader workers
-included), SIGTERM to one rank during an evaluation, SIGTERM during PreciseBN, a rank stopped
-with SIGSTOP. Final weights are compared with one uninterrupted run of the same job.
+included), to one rank between steps, to one rank during an evaluation, during PreciseBN, and a
+rank stopped with SIGSTOP. Final weights are compared with one uninterrupted run of the same job.
 """
 import os
 import re
@@ -192,6 +192,19 @@ def test_sigterm_to_the_whole_job_checkpoints_the_current_step_and_resumes_exact
     assert text.count("exit status 0") == 2, text[-4000:]  # (the console holds both starts)
     assert f"Resuming from {out / name}" in _logs(out)
     _assert_same_weights(_final(out), reference)
+
+
+def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    out = tmp_path / "run"
+    proc = _start(out, "--sleep", 0.3)
+    _wait_for(lambda: _progress(out) >= 4, proc, out, "4 iterations")
+    _signal(_worker_pids(proc)[0], signal.SIGTERM)  # rank 0 only (e.g. its node is reclaimed)
+    text = _finish(proc, out, timeout=60)
+    assert text.count("exit status 143") == 2, text[-4000:]
+    stopped = re.findall(r"Training stopped \((.*), after iteration (\d+)\) with (\d+) of", _logs(out))
+    assert len(stopped) == 2 and stopped[0][1:] == stopped[1][1:], stopped  # the same step on both ranks
+    assert sorted(r for r, _, _ in stopped) == ["SIGTERM", "a stop request of another rank"]
+    assert _pointed(out)[1] == int(stopped[0][2])
 
 
 def test_sigterm_to_one_rank_during_evaluation_stops_both_ranks_at_once(tmp_path):
