@@ -17,7 +17,9 @@ import datetime
 import inspect
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -257,11 +259,39 @@ def launch(main_fn: Callable, num_processes: int = 1, *, args: Sequence[Any] = (
 
     port = _free_port()
     logger.info("Spawning %d processes (master 127.0.0.1:%d)", num_processes, port)
-    mp.start_processes(
+    context = mp.start_processes(
         _spawned_worker,
         args=(main_fn, num_processes, port, tuple(args)),
         nprocs=num_processes,
-        join=True,
+        join=False,
         start_method="spawn",
     )
+    previous = _forward_sigterm(context.processes)
+    try:
+        # After a process fails, the others get SPAWN_GRACE_S to end (e.g. to finish a save).
+        while not context.join(grace_period=SPAWN_GRACE_S):
+            pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return None
+
+
+# Seconds the other processes get to end by themselves once one of them has exited with an error.
+SPAWN_GRACE_S = 10.0
+
+
+def _forward_sigterm(processes):
+    """SIGTERM to this (parent) process goes on to ``processes``, which checkpoint and exit with
+    status 143: a scheduler that signals only the first process of a container (Kubernetes) would
+    otherwise kill the parent and leave them running. Returns the previous handler (None outside
+    the main thread, where nothing is installed)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def forward(signum, frame):
+        for p in processes:
+            if p.is_alive():
+                os.kill(p.pid, signum)
+
+    return signal.signal(signal.SIGTERM, forward)

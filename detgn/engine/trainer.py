@@ -175,6 +175,9 @@ class Trainer:
         if ckpt is not None and done > self.start_iter and ckpt.last_saved_iteration != done:
             name = "model_final" if done >= self.max_iter else f"model_{done - 1:07d}"
             ckpt.save(name, iteration=done)
+            # No rank exits before rank 0 has written the file: a launcher that sees one worker
+            # exit stops the others (torchrun: SIGTERM, a second one here forces the exit).
+            comm.synchronize()
         logger.warning("Training stopped (%s) with %d of %d iterations done, all saved%s; the next start with "
                        "--resume (or a torchrun restart) continues from there", e, done, self.max_iter,
                        "" if ckpt is not None else " (no checkpointer: nothing saved)")

@@ -126,3 +126,28 @@ def test_a_stopped_run_exits_with_the_requeue_status(monkeypatch):
 
     monkeypatch.setattr(run, "main", stopped)
     assert run.cli(["--config", "Base-RCNN-FPN.yaml"]) == 143
+
+
+def test_num_gpus_parent_forwards_sigterm_to_its_processes():
+    """`--num-gpus N`: a SIGTERM to the parent alone (Kubernetes signals a container's first process)
+    reaches the training processes (which then checkpoint their step, as the torchrun tests show)."""
+    from detgn.engine.launch import _forward_sigterm
+
+    class Child:  # the two attributes launch() uses of a spawned process
+        def __init__(self):
+            self.popen = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+            self.pid = self.popen.pid
+
+        def is_alive(self):
+            return self.popen.poll() is None
+
+    children = [Child(), Child()]
+    previous = _forward_sigterm([c for c in children])
+    try:
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # what SIGTERM to the parent runs
+        assert [c.popen.wait(timeout=30) for c in children] == [-signal.SIGTERM] * 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for c in children:
+            c.popen.kill()
+    assert signal.getsignal(signal.SIGTERM) is previous
