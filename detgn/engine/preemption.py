@@ -89,15 +89,14 @@ class PreemptionHandler:
         return True
 
     def uninstall(self) -> None:
-        """Restore the previous SIGTERM handling (also cancels a running grace timer)."""
+        """Restore the previous SIGTERM handling. A grace timer already running keeps running:
+        the process is on its way out, and the limit holds until it is gone."""
         if self._saved is None:
             return
         old_fd, old_handler = self._saved
         stop.set_abandon_handler(None)
         signal.signal(signal.SIGTERM, old_handler)
         signal.set_wakeup_fd(old_fd)
-        if self._timer is not None:
-            self._timer.cancel()
         for s in self._sockets:
             s.close()
         self._saved = None
