@@ -160,10 +160,23 @@ class StopAtRequest(HookBase):
 
     Registered after the periodic checkpointer (a step it saved is not saved twice) and before
     the evaluation (a stop is not delayed by one). Costs one all_reduce of one integer per step.
+    The message says in which iteration this rank noticed the request: the stop is after that one.
     """
 
+    noticed: Optional[int] = None  # the iteration during which this rank saw its own request
+
+    def before_step(self) -> None:
+        if self.noticed is None and stop.requested_here():
+            self.noticed = self.trainer.iter
+
     def after_step(self) -> None:
-        with comm.collective(f"the end of iteration {self.trainer.iter}"):
+        it = self.trainer.iter
+        if self.noticed is None and stop.requested_here():
+            self.noticed = it
+        with comm.collective(f"the end of iteration {it}"):
             agreed = stop.agreed()
         if agreed:
-            raise stop.StopRequested(f"{stop.reason()}, after iteration {self.trainer.iter}")
+            if self.noticed is None and stop.requested_here():
+                self.noticed = it  # it came during the agreement itself
+            where = f" in iteration {self.noticed}" if self.noticed is not None else ""
+            raise stop.StopRequested(f"{stop.reason()}{where}, stopping after iteration {it}")

@@ -178,14 +178,16 @@ def test_sigterm_to_the_whole_job_checkpoints_the_current_step_and_resumes_exact
     assert len(tree) >= 5, "torchrun, 2 workers and a DataLoader worker each"
     for pid in tree:
         _signal(pid, signal.SIGTERM)
-    after = _progress(out)
     text = _finish(proc, out, timeout=60)
     logs = _logs(out)
     assert text.count("exit status 143") == 2, text[-4000:]  # both ranks: saved, "requeue me"
     assert logs.count("SIGTERM received") == 2 and "Exiting at once" not in logs, logs[-4000:]
     name, iteration = _pointed(out)
-    assert before + 1 <= iteration <= after + 1, (before, after, name)  # the step that was running
-    assert re.search(rf"Training stopped \(SIGTERM, after iteration {iteration - 1}\) with {iteration} of", logs)
+    # Each rank stops after the iteration during which it saw the signal, and that one is saved.
+    stops = re.findall(r"Training stopped \(SIGTERM in iteration (\d+), stopping after iteration (\d+)\) "
+                       r"with (\d+) of", logs)
+    assert len(stops) == 2 and all(a == b == stops[0][0] for a, b, _ in stops), stops
+    assert iteration == int(stops[0][2]) == int(stops[0][0]) + 1 and before + 1 <= iteration, (stops, before)
     assert iteration < MAX_ITER and not (out / "model_final.pth").exists()
     # The next start (a requeued job: --resume) ends at the uninterrupted weights.
     text = _finish(_start(out, "--resume"), out)
@@ -201,9 +203,9 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
     _signal(_worker_pids(proc)[0], signal.SIGTERM)  # rank 0 only (e.g. its node is reclaimed)
     text = _finish(proc, out, timeout=60)
     assert text.count("exit status 143") == 2, text[-4000:]
-    stopped = re.findall(r"Training stopped \((.*), after iteration (\d+)\) with (\d+) of", _logs(out))
+    stopped = re.findall(r"Training stopped \((.*), stopping after iteration (\d+)\) with (\d+) of", _logs(out))
     assert len(stopped) == 2 and stopped[0][1:] == stopped[1][1:], stopped  # the same step on both ranks
-    assert sorted(r for r, _, _ in stopped) == ["SIGTERM", "a stop request of another rank"]
+    assert sorted(r for r, _, _ in stopped) == ["SIGTERM in iteration " + stopped[0][1], "a stop request of another rank"]
     assert _pointed(out)[1] == int(stopped[0][2])
 
 
