@@ -121,14 +121,14 @@ def _join_generation(store, rank: int, world_size: int, timeout_s: float) -> tup
     return name, generation
 
 
-def init_distributed(device: str = "cpu", *, timeout_s: float = 1800.0) -> DistInfo:
+def init_distributed(device: str = "cpu", *, timeout_s: float = 600.0) -> DistInfo:
     """Join the process group described by torchrun's environment variables.
 
     Args:
         device: ``MODEL.DEVICE``; ``cuda*`` with CUDA available selects NCCL and binds this
             process to GPU ``LOCAL_RANK``; anything else uses gloo.
         timeout_s: how long a collective waits for a missing rank before failing
-            (``DIST.TIMEOUT_SECONDS``); also the limit for all ranks to join.
+            (``DIST.TIMEOUT_SECONDS``, whose default this is); also the limit for all ranks to join.
 
     Returns:
         this process's rank, world size, local rank, backend and generation. In a plain

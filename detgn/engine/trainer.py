@@ -16,12 +16,10 @@ import torch
 from torch import nn
 
 from detgn.layers.auxiliary import declared_aux_losses, declared_param_groups
-from detgn.utils import comm
+from detgn.utils import comm, stop
 from detgn.utils.errors import UserError, is_user_error
 from detgn.utils.events import EventStorage
 from detgn.utils.seed import set_rng_state
-from detgn.utils import stop as stop_module
-from detgn.utils.stop import StopRequested
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +166,7 @@ class Trainer:
         with self.storage:
             self._train_loop()
 
-    def _save_at_stop(self, e: StopRequested) -> None:
+    def _save_at_stop(self, e: stop.StopRequested) -> None:
         """Every rank, together: checkpoint the last completed step unless it is saved already."""
         done = self._steps_done
         ckpt = self.checkpointer
@@ -201,7 +199,7 @@ class Trainer:
                 for h in self._hooks:
                     h.after_step()
             self.finished = True
-        except StopRequested as e:
+        except stop.StopRequested as e:
             self._save_at_stop(e)
             raise
         except Exception as e:
@@ -209,7 +207,7 @@ class Trainer:
                 logger.error("Training stopped at iteration %d: %s", self.iter, e)
             else:
                 logger.exception("Training stopped by an error at iteration %d", self.iter)
-            stop_module.abandon()  # a SIGTERM from now on (torchrun tearing down the group) exits at once
+            stop.abandon()  # a SIGTERM from now on (torchrun tearing down the group) exits at once
             raise
         finally:
             for h in self._hooks:

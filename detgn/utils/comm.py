@@ -8,7 +8,6 @@ that fails, e.g. by ``DIST.TIMEOUT_SECONDS`` because a rank stopped answering, f
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -17,13 +16,12 @@ import torch.distributed as dist
 
 from .errors import UserError
 
-logger = logging.getLogger(__name__)
-
-# Seconds between heartbeats; a rank is "not responding" when its count does not move for
+# Seconds between heartbeats (HEARTBEAT_MIN_S when the rank enters a collective, so that the
+# last one says where it stopped); a rank is "not responding" when its count does not move for
 # HEARTBEAT_STALE_S (a stopped, swapped-out or dead process; a live one beats every second).
 HEARTBEAT_S = 1.0
-HEARTBEAT_STALE_S = 3.5
 HEARTBEAT_MIN_S = 0.2
+HEARTBEAT_STALE_S = 3.5
 
 
 class CollectiveError(UserError, RuntimeError):

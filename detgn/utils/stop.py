@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from . import comm
 
-__all__ = ["StopRequested", "request", "requested", "requested_here", "agreed", "abandon", "set_abandon_handler",
+__all__ = ["StopRequested", "request", "requested", "requested_here", "reason", "agreed", "abandon", "set_abandon_handler",
            "reset", "ignore_stop_signals"]
 
 _KEY = "stop_requested"
