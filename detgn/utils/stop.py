@@ -12,6 +12,7 @@ that a rank in the middle of a long loop leaves it too.
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -126,9 +127,22 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
     """``worker_init_fn`` of DataLoader workers: leave SIGTERM and SIGINT to the main process.
 
     A scheduler that signals every process of a job (Slurm's cgroup) would otherwise kill the
-    workers first, and the main process would fail on its next batch before it could save. A
-    worker still ends with the main process (the DataLoader shuts it down, or its watchdog sees
-    the parent gone)."""
+    workers first, and the main process would fail on its next batch before it could save. The
+    DataLoader's own SIGTERM still ends a worker: when a worker does not leave at shutdown, its
+    parent terminates it (and waits for it), so a SIGTERM sent by the parent exits at once, as
+    torch's own worker handler does; any other sender's is ignored. A worker also ends when the
+    main process is gone (the DataLoader's watchdog)."""
     signal.set_wakeup_fd(-1)  # a fork inherits the parent's; a worker must not write into it
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Blocked in this thread and in every thread it starts; one thread takes each SIGTERM with
+    # its sender (a Python signal handler is not told who sent it).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_exit_on_parents_sigterm, args=(os.getppid(),), name="detgn-sigterm",
+                     daemon=True).start()
+
+
+def _exit_on_parents_sigterm(parent: int) -> None:
+    while True:
+        info = signal.sigwaitinfo({signal.SIGTERM})
+        if info.si_pid == parent:
+            os._exit(0)

@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import torch
 import torch.distributed as dist
 
 from detgn.engine.launch import DistInfo, _free_port, _join_generation, decide_resume
@@ -151,3 +152,30 @@ def test_num_gpus_parent_forwards_sigterm_to_its_processes():
         for c in children:
             c.popen.kill()
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+class _Numbers(torch.utils.data.Dataset):
+    def __getitem__(self, k):
+        return k
+
+    def __len__(self):
+        return 1 << 20
+
+
+def test_dataloader_workers_ignore_an_outside_sigterm_but_not_their_parents():
+    from detgn.utils.stop import ignore_stop_signals
+
+    loader = torch.utils.data.DataLoader(_Numbers(), batch_size=None, num_workers=1,
+                                         worker_init_fn=ignore_stop_signals)
+    it = iter(loader)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    worker = it._workers[0]
+    subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # a scheduler's signal
+    time.sleep(0.5)
+    assert worker.is_alive() and [next(it) for _ in range(3)] == [3, 4, 5]
+    # The DataLoader's own shutdown terminates a worker that does not leave: that one must work.
+    started = time.monotonic()
+    worker.terminate()
+    worker.join(timeout=30)
+    assert worker.exitcode == 0 and time.monotonic() - started < 10
+    del it
