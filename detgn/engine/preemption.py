@@ -38,9 +38,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["REQUEUE_EXIT_CODE", "PreemptionHandler", "StopAtRequest"]
 
 # 128 + SIGTERM: what a process killed by SIGTERM reports, and what schedulers read as "stopped
-# from outside, run it again": Kubeflow's ExitCode restart policy retries codes >= 128, and a
-# Kubernetes podFailurePolicy or a Slurm batch script can match 143 (see docs/multinode.md).
-# Code 1 stays "failed": a requeue loop must not retry a bug.
+# from outside, run it again": Kubeflow's ExitCode restart policy retries 130, 137 and 143 and
+# gives up on 1 and 2; a Kubernetes podFailurePolicy or a Slurm batch script can match 143 (see
+# docs/multinode.md). Code 1 stays "failed": a requeue loop must not retry a bug.
 REQUEUE_EXIT_CODE = 128 + int(signal.SIGTERM)
 
 # Copies of one SIGTERM within this many seconds are one request: Slurm signals every process
