@@ -75,9 +75,11 @@ def restart_count() -> int:
 # failed ... Connection refused" (NCCL's unique id is exchanged through the same keys: the
 # NCCL twin). A prefix per attempt fixes it, but TORCHELASTIC_RESTART_COUNT cannot name the
 # attempt on several nodes: an agent restarts its workers without counting when another node
-# rejoins (a membership change), so two nodes can hold different counts. The ranks therefore
-# agree on a fresh name by a handshake that stale keys cannot fool (every key a rank waits for
-# holds a random token of its own process).
+# rejoins (a membership change), so two nodes can hold different counts (seen here with two c10d
+# agents: restart count 0 on one, 1 on the other; pytorch/pytorch#108158, and #135712, the NCCL
+# twin, whose fix was "a new TCPStore for every retry"). The ranks therefore agree on a fresh
+# name by a handshake that stale keys cannot fool (every key a rank waits for holds a random
+# token of its own process).
 _JOIN = "detgn/join"
 
 
