@@ -54,7 +54,8 @@ def setup(args):
     if comm.is_main_process():
         logger.info("Command line: %s", " ".join(sys.argv))
     logger.info("Process group: %s", f"rank {dist_info.rank} of {dist_info.world_size} (local rank "
-                f"{dist_info.local_rank}, {dist_info.backend})" if dist_info.backend else "none (one process)")
+                f"{dist_info.local_rank}, {dist_info.backend}, formation {dist_info.generation} of this job, "
+                f"collective timeout {cfg.DIST.TIMEOUT_SECONDS:.0f} s)" if dist_info.backend else "none (one process)")
     return cfg
 
 
