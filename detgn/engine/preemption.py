@@ -9,10 +9,12 @@
 - A second SIGTERM more than ``DUPLICATE_WINDOW_S`` after the first, or no exit within the
   grace limit (``DIST.PREEMPT_GRACE_SECONDS``), ends the process at once with the same code:
   the newest periodic checkpoint is then where the next start resumes.
-- DataLoader workers ignore SIGTERM (:func:`detgn.utils.stop.ignore_stop_signals`, every
-  loader's ``worker_init_fn``): a scheduler that signals every process of the job (Slurm's
-  cgroup) would otherwise kill them first, and the main process would fail on its next batch
-  before it could save.
+- Once training has failed (e.g. a peer died and torchrun is tearing the group down), a
+  SIGTERM, received or to come, ends the process at once with status 1.
+- DataLoader workers ignore a SIGTERM from anyone but their training process
+  (:func:`detgn.utils.stop.ignore_stop_signals`, every loader's ``worker_init_fn``): a scheduler
+  that signals every process of the job (Slurm's cgroup) would otherwise kill them first, and
+  the main process would fail on its next batch before it could save.
 
 The signal is seen by a watcher thread through :func:`signal.set_wakeup_fd`, written by the C
 handler the moment it arrives: a main thread blocked in a collective or a long kernel does
