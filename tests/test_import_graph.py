@@ -187,7 +187,7 @@ def test_finds_a_planted_tool_import(tmp_path):
 
 
 # The engine is the training loop and what runs it: anything else belongs to another package.
-ENGINE_FILES = {"__init__", "defaults", "hooks", "launch", "predictor", "run", "tasks", "trainer"}
+ENGINE_FILES = {"__init__", "defaults", "hooks", "launch", "predictor", "preemption", "run", "tasks", "trainer"}
 
 
 def test_engine_holds_only_the_engine():

@@ -107,6 +107,7 @@ class Checkpointer:
         self.save_to_disk = comm.is_main_process() if save_to_disk is None else save_to_disk
         self.extra = dict(extra or {})
         self._stateful: Dict[str, Any] = {}
+        self.last_saved_iteration: Optional[int] = None  # on every process: the iteration of its last save()
         if self.save_to_disk:
             os.makedirs(save_dir, exist_ok=True)
 
@@ -135,6 +136,7 @@ class Checkpointer:
             if callable(sync):
                 sync()  # a collective: every process is here
         rng_states = comm.all_gather(get_rng_state())
+        self.last_saved_iteration = int(iteration)
         if not self.save_to_disk:
             return None
         import detgn

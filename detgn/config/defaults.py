@@ -416,6 +416,25 @@ _C.TEST.PRECISE_BN.ENABLED = False
 _C.TEST.PRECISE_BN.NUM_ITER = 200
 
 # ---------------------------------------------------------------------------- #
+# Distributed runs: hangs, preemption (docs/multinode.md)
+# ---------------------------------------------------------------------------- #
+_C.DIST = CN()
+# Seconds a collective waits for a missing rank before every waiting rank fails with a message
+# naming the collective and the rank that stopped answering (also the limit for all ranks to join
+# the group). It must exceed the longest legitimate wait, measured on 2 cores of an AMD EPYC Zen 5:
+# a step of fpn_gn_long.yaml (1 image of 800x1216, bf16 autocast) 7.2 s, rank 0 writing its
+# checkpoint (365 MB) 1.0-1.5 s, and the longest, rank 0 scoring COCO val2017 while the others wait
+# (0.008 s/image with 100 detections: ~41 s for 5000 images). 600 s is over 10x that: a hang is
+# reported in 10 minutes instead of torch's 30. See docs/multinode.md.
+_C.DIST.TIMEOUT_SECONDS = 600.0
+# After a SIGTERM, the run finishes its step, saves a checkpoint and exits with status 143 ("requeue
+# me"); if that takes longer than this many seconds it exits at once (the next start resumes from the
+# previous checkpoint). Below the usual 30 s between SIGTERM and SIGKILL (Kubernetes' default grace,
+# torchrun's --shutdown-timeout, a GCP preemption notice), leaving a step (7.2 s for fpn_gn_long.yaml
+# on 2 CPU cores, well under 1 s on a GPU) and a checkpoint (1-1.5 s) room to spare. 0: no limit.
+_C.DIST.PREEMPT_GRACE_SECONDS = 25.0
+
+# ---------------------------------------------------------------------------- #
 # Misc
 # ---------------------------------------------------------------------------- #
 # Everything a run writes: config dump, logs, metrics, checkpoints, results.

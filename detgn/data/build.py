@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from detgn.utils import comm
+from detgn.utils.stop import ignore_stop_signals
 
 from .bad_images import BadImage, BadImageTracker, TooManyBadImagesError, SkipKnownBad
 from .catalog import DatasetCatalog, MetadataCatalog
@@ -178,6 +179,7 @@ class TrainLoader:
             num_workers=self.num_workers,
             collate_fn=_train_collate,
             generator=_seeded_generator(self.seed),
+            worker_init_fn=ignore_stop_signals,  # SIGTERM is the main process's to handle
         )
 
     def __iter__(self) -> Iterator[List[dict]]:
@@ -329,6 +331,7 @@ def make_test_loader(
         collate_fn=trivial_batch_collator,
         # Its own generator: a DataLoader without one draws its worker seed from the global RNG.
         generator=_seeded_generator(0),
+        worker_init_fn=ignore_stop_signals,  # SIGTERM is the main process's to handle
     )
 
 

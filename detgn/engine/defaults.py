@@ -34,6 +34,7 @@ from detgn.utils.seed import draw_seed, seed_all_rng
 
 from . import hooks as H
 from .launch import create_ddp_model, seed_for_rank
+from .preemption import StopAtRequest
 from .trainer import HookBase, Trainer
 
 logger = logging.getLogger(__name__)
@@ -150,8 +151,8 @@ def build_hooks(
     bad_images=None,
     precise_bn_data_fn: Optional[Callable[[], Iterable]] = None,
 ) -> List[HookBase]:
-    """LR schedule, unreadable-file sync, PreciseBN, periodic checkpoint, evaluation, writers,
-    skipped-file record and the curve plot, in that order.
+    """LR schedule, unreadable-file sync, PreciseBN, periodic checkpoint, the stop agreement
+    (SIGTERM), evaluation, writers, skipped-file record and the curve plot, in that order.
 
     PreciseBN (``TEST.PRECISE_BN.ENABLED``) runs before each evaluation on the batches of
     ``precise_bn_data_fn()`` (a fresh training loader); it needs that function.
@@ -171,6 +172,7 @@ def build_hooks(
             raise ValueError("TEST.PRECISE_BN.ENABLED needs training batches: pass precise_bn_data_fn to build_trainer")
         hooks.append(H.PreciseBN(precise_bn_data_fn, period=schedule.eval_period, num_iter=cfg.TEST.PRECISE_BN.NUM_ITER))
     hooks.append(H.PeriodicCheckpointer(checkpointer, period=schedule.checkpoint_period))
+    hooks.append(StopAtRequest())  # SIGTERM anywhere: every rank stops after this step, which is saved
     if eval_fn is not None:
         hooks.append(H.EvalHook(eval_fn, period=schedule.eval_period))
     if comm.is_main_process():

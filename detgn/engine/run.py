@@ -24,10 +24,13 @@ from detgn.checkpoint import weights_digest
 from detgn.config import ConfigError, load_config
 from detgn.utils import comm
 from detgn.utils.errors import UserError
+from detgn.utils.logger import setup_logger
+from detgn.utils.stop import StopRequested
 
 from .defaults import build_trainer, default_argument_parser, default_setup
 from .hooks import EvalHook
-from .launch import init_distributed, launch
+from .launch import decide_resume, init_distributed, launch
+from .preemption import REQUEUE_EXIT_CODE, PreemptionHandler
 from .tasks import build_test_loader_and_evaluator, build_train_loader, is_classifier
 
 logger = logging.getLogger(__name__)
@@ -36,15 +39,23 @@ __all__ = ["EvalWeightsError", "setup", "test", "train", "evaluate", "main", "cl
 
 
 def setup(args):
-    """Config (file + overrides), process group, logs, seeds, config dump; the frozen config."""
+    """Config (file + overrides), process group, logs, seeds, config dump; the frozen config.
+
+    ``args.resume`` becomes True when torchrun restarted the job (see
+    :func:`detgn.engine.launch.decide_resume`)."""
     cfg = load_config(args.config, args.opts, freeze=False)
-    dist_info = init_distributed(cfg.MODEL.DEVICE)
+    dist_info = init_distributed(cfg.MODEL.DEVICE, timeout_s=cfg.DIST.TIMEOUT_SECONDS)
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    setup_logger(cfg.OUTPUT_DIR, rank=dist_info.rank)  # (again in default_setup) for the decision's log line
+    if not args.eval_only:
+        args.resume = decide_resume(args.resume, dist_info)
     default_setup(cfg, resume=args.resume)
     cfg.freeze()
     if comm.is_main_process():
         logger.info("Command line: %s", " ".join(sys.argv))
     logger.info("Process group: %s", f"rank {dist_info.rank} of {dist_info.world_size} (local rank "
-                f"{dist_info.local_rank}, {dist_info.backend})" if dist_info.backend else "none (one process)")
+                f"{dist_info.local_rank}, {dist_info.backend}, formation {dist_info.generation} of this job, "
+                f"collective timeout {cfg.DIST.TIMEOUT_SECONDS:.0f} s)" if dist_info.backend else "none (one process)")
     return cfg
 
 
@@ -150,10 +161,26 @@ def train(cfg, *, resume: bool = False, model: Optional[nn.Module] = None) -> Di
     checkpointed (so ``resume`` restores it before the loader is built) and reported. A
     classifier's trunk is written to ``OUTPUT_DIR/trunk_final.pth`` at the end.
 
+    Meanwhile SIGTERM stops the run after the current step, with that step saved
+    (:mod:`detgn.engine.preemption`, ``DIST.PREEMPT_GRACE_SECONDS``).
+
     Returns:
         the last evaluation's results (empty without DATASETS.TEST), with ``skipped_images``
         when files were skipped.
+
+    Raises:
+        detgn.utils.stop.StopRequested: a SIGTERM stopped the run (checkpointed; exit with
+            :data:`~detgn.engine.preemption.REQUEUE_EXIT_CODE`).
     """
+    handler = PreemptionHandler(grace_s=cfg.DIST.PREEMPT_GRACE_SECONDS)
+    handler.install()
+    try:
+        return _train(cfg, resume=resume, model=model)
+    finally:
+        handler.uninstall()
+
+
+def _train(cfg, *, resume: bool, model: Optional[nn.Module]) -> Dict:
     from detgn.data import BadImageTracker
     from detgn.modeling import build_model
 
@@ -234,13 +261,16 @@ def main(args) -> Dict:
 
 
 def guarded_main(args):
-    """:func:`main`, printing a :class:`UserError` as its message alone (no traceback) and exiting 1.
+    """:func:`main`, printing a :class:`UserError` as its message alone (no traceback) and exiting 1;
+    a run stopped by SIGTERM (checkpointed) exits with :data:`~detgn.engine.preemption.REQUEUE_EXIT_CODE`.
 
     In a process spawned by ``--num-gpus`` the exit status tells the parent; in a plain
     or torchrun process :func:`cli` turns the exit into its return value.
     """
     try:
         return main(args)
+    except StopRequested:  # checkpointed and logged by the trainer
+        raise SystemExit(REQUEUE_EXIT_CODE) from None
     except UserError as e:
         where = f" (rank {comm.get_rank()})" if comm.get_world_size() > 1 else ""
         label = "Config error" if isinstance(e, ConfigError) else "Error"
@@ -250,7 +280,8 @@ def guarded_main(args):
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
     """``tools/train_net.py``: parse ``argv`` and run (in ``--num-gpus`` processes); returns the
-    exit status (2: config error, 1: other errors the message explains, printed without a traceback)."""
+    exit status (2: config error, 1: other errors the message explains, printed without a traceback,
+    143: stopped by SIGTERM after saving a checkpoint, run it again to resume)."""
     args = default_argument_parser().parse_args(argv)
     if args.opts and args.opts[0] == "--":
         args.opts = args.opts[1:]

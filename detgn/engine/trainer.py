@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from detgn.layers.auxiliary import declared_aux_losses, declared_param_groups
-from detgn.utils import comm
+from detgn.utils import comm, stop
 from detgn.utils.errors import UserError, is_user_error
 from detgn.utils.events import EventStorage
 from detgn.utils.seed import set_rng_state
@@ -166,7 +166,22 @@ class Trainer:
         with self.storage:
             self._train_loop()
 
+    def _save_at_stop(self, e: stop.StopRequested) -> None:
+        """Every rank, together: checkpoint the last completed step unless it is saved already."""
+        done = self._steps_done
+        ckpt = self.checkpointer
+        if ckpt is not None and done > self.start_iter and ckpt.last_saved_iteration != done:
+            name = "model_final" if done >= self.max_iter else f"model_{done - 1:07d}"
+            ckpt.save(name, iteration=done)
+            # No rank exits before rank 0 has written the file: a launcher that sees one worker
+            # exit stops the others (torchrun: SIGTERM, a second one here forces the exit).
+            comm.synchronize()
+        logger.warning("Training stopped (%s) with %d of %d iterations done, all saved%s; the next start with "
+                       "--resume (or a torchrun restart) continues from there", e, done, self.max_iter,
+                       "" if ckpt is not None else " (no checkpointer: nothing saved)")
+
     def _train_loop(self) -> None:
+        self._steps_done = self.start_iter
         try:
             for h in self._hooks:
                 h.before_train()
@@ -180,14 +195,19 @@ class Trainer:
                 for h in self._hooks:
                     h.before_step()
                 self.run_step()
+                self._steps_done = self.iter + 1
                 for h in self._hooks:
                     h.after_step()
             self.finished = True
+        except stop.StopRequested as e:
+            self._save_at_stop(e)
+            raise
         except Exception as e:
             if is_user_error(e):  # the message says it all (bad data, diverging loss, ...)
                 logger.error("Training stopped at iteration %d: %s", self.iter, e)
             else:
                 logger.exception("Training stopped by an error at iteration %d", self.iter)
+            stop.abandon()  # a SIGTERM from now on (torchrun tearing down the group) exits at once
             raise
         finally:
             for h in self._hooks:
@@ -215,7 +235,9 @@ class Trainer:
             data_time += time.perf_counter() - fetch
             # DDP all-reduces the gradients at the last batch's backward only.
             last = j == k - 1
-            with contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync():
+            sync = comm.collective(f"the gradient all_reduce (DDP, in backward) of iteration {self.iter}") if last \
+                else self.model.no_sync() if hasattr(self.model, "no_sync") else contextlib.nullcontext()
+            with sync:
                 with self._autocast():
                     loss_dict = self.model(batch)
                 if not isinstance(loss_dict, dict) or not loss_dict:
@@ -230,7 +252,8 @@ class Trainer:
         local = seen[0][0] if k == 1 else {n: sum(d[n] for d, _ in seen) / k for n in seen[0][0]}
         # Averaged over ranks for logging (one collective per step); a NaN on any rank shows on
         # all, so all stop together, before the step is taken.
-        logged = {n: float(v) for n, v in comm.reduce_dict_mean(local).items()}
+        with comm.collective(f"iteration {self.iter}"):
+            logged = {n: float(v) for n, v in comm.reduce_dict_mean(local).items()}
         if not math.isfinite(sum(logged.values())):
             raise self._non_finite_error(seen)
         if self.scaler is not None:

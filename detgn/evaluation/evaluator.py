@@ -17,6 +17,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from detgn.utils import stop
+
 logger = logging.getLogger(__name__)
 
 
@@ -134,6 +136,9 @@ def inference_on_dataset(
     with inference_context(model), torch.no_grad():
         t_data = time.perf_counter()
         for idx, inputs in enumerate(data_loader):
+            if stop.requested():  # SIGTERM on some rank: leave now, the run saves and exits
+                logger.warning("Inference stopped after %d images: a stop was requested", num_images)
+                break
             t_model = time.perf_counter()
             outputs = model(inputs)
             _maybe_cuda_sync()
@@ -153,6 +158,8 @@ def inference_on_dataset(
                 logger.info(_progress_line(idx + 1, total, num_images, timed_images, timed, elapsed))
             t_data = time.perf_counter()
 
+    if stop.agreed():  # every rank is here: all leave together, before the evaluator's collectives
+        raise stop.StopRequested(f"{stop.reason()}, during inference")
     total_s = time.perf_counter() - start
     per_img = total_s / max(num_images, 1)
     logger.info(

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from detgn.layers.norm import SyncBatchNorm2d
-from detgn.utils import comm
+from detgn.utils import comm, stop
 from detgn.utils.seed import get_rng_state, set_rng_state
 
 logger = logging.getLogger(__name__)
@@ -111,6 +111,8 @@ def precise_bn(model: nn.Module, data: Iterable, *, num_iter: int = 200, log_per
     try:
         with train_mode_preserving_rng(model):
             for used, batch in enumerate(take_batches(data, num_iter), start=1):
+                if stop.requested():  # SIGTERM on some rank: leave now (the statistics are restored)
+                    break
                 model(batch)
                 if log_period and used % log_period == 0:
                     eta = (time.perf_counter() - start) / used * (num_iter - used)
@@ -121,6 +123,8 @@ def precise_bn(model: nn.Module, data: Iterable, *, num_iter: int = 200, log_per
         for (_, m), state in zip(layers, saved):
             for k, v in state.items():
                 getattr(m, k).copy_(v)
+    if stop.agreed():  # every rank is here: all leave together, the model as it was
+        raise stop.StopRequested(f"{stop.reason()}, during PreciseBN")
     all_reduce_sum_(sums + counts)
     if used < num_iter:
         logger.warning("PreciseBN: the data gave %d of the %d batches asked for", used, num_iter)

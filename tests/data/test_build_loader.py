@@ -209,3 +209,14 @@ def test_benchmark_loader_reports_throughput(tiny_name):
     result = benchmark_loader(_cfg(tiny_name, ims=2), 8, warmup_images=2, window=4)
     assert result["num_images"] >= 8 and result["ims_per_gpu"] == 2 and result["num_workers"] == 0
     assert result["images_per_s"] > 0 and result["mean_images_per_s"] > 0 and len(result["window_images_per_s"]) == 2
+
+
+def test_loader_workers_leave_sigterm_to_the_main_process(tiny_name):
+    """A scheduler signals every process of a job: a DataLoader worker killed by SIGTERM would fail
+    the training process before it could save (tests/engine/test_torchrun_resilience.py runs it)."""
+    from detgn.utils.stop import ignore_stop_signals
+
+    train = build_detection_train_loader(_cfg(tiny_name, ims=1, workers=1))
+    assert train._data_loader().worker_init_fn is ignore_stop_signals
+    test = build_detection_test_loader(_cfg(tiny_name, workers=1), tiny_name)
+    assert test.worker_init_fn is ignore_stop_signals
