@@ -40,7 +40,7 @@ def _start(out: Path, *args, restarts: int = 0) -> subprocess.Popen:
     out.mkdir(parents=True, exist_ok=True)
     log = open(out.parent / f"{out.name}.console.txt", "a")
     try:
-        # A session of its own: the test can signal the whole job, as a scheduler does.
+        # A process group of its own (setsid): the test can signal the whole job, as a scheduler does.
         return subprocess.Popen(cmd, env=env, cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     finally:
