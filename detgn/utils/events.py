@@ -198,10 +198,13 @@ class ConsoleWriter(EventWriter):
         show_memory: add ``max_mem`` (peak CUDA allocation); default: when CUDA is in use.
     """
 
-    def __init__(self, *, logger: Optional[logging.Logger] = None, show_memory: Optional[bool] = None):
+    def __init__(self, *, logger: Optional[logging.Logger] = None, show_memory: Optional[bool] = None,
+                 announce_end_after: int = 50):
         super().__init__()
         self.logger = logger or logging.getLogger("detgn.engine")
         self.show_memory = torch.cuda.is_available() and torch.cuda.is_initialized() if show_memory is None else show_memory
+        self.announce_end_after = announce_end_after
+        self._announced = False
 
     def _write(self, iteration, metrics, storage, max_iter):
         parts = [f"iter: {iteration + 1}/{max_iter}"]
@@ -210,6 +213,12 @@ class ConsoleWriter(EventWriter):
             recent = storage.values_since("time", max(-1, iteration - 200))
             eta = statistics.median(recent) * (max_iter - iteration - 1)
             parts.append(f"eta: {datetime.timedelta(seconds=int(eta))}")
+            if not self._announced and len(recent) >= self.announce_end_after:
+                self._announced = True
+                end = datetime.datetime.now() + datetime.timedelta(seconds=eta)
+                self.logger.info("Training projected to end at %s (in %s, %.3f s/iter, the median of the last %d "
+                                 "iterations), before the final evaluation", end.strftime("%Y-%m-%d %H:%M"),
+                                 datetime.timedelta(seconds=int(eta)), statistics.median(recent), len(recent))
         losses = sorted(k for k in metrics if k.startswith("loss"))
         parts += [f"{k}: {metrics[k]:.4g}" for k in losses]
         if "total_loss" in metrics:

@@ -184,3 +184,19 @@ def test_finite_data_loader_is_a_clear_error(tmp_path):
     t.resume_or_load("", resume=False)
     with pytest.raises(RuntimeError, match="ran out at iteration 0"):
         t.train()
+
+
+def test_console_writer_announces_the_projected_end_once(caplog):
+    """After 50 timed iterations the log says when training will end, once."""
+    writer = ConsoleWriter(show_memory=False)
+    storage = EventStorage(0)
+    with caplog.at_level(logging.INFO, logger="detgn"):
+        for it in range(120):
+            storage.iter = it
+            storage.put_scalar("time", 0.5)
+            if (it + 1) % 20 == 0:
+                writer.write(storage, 1000)
+    said = [r.getMessage() for r in caplog.records if "projected to end" in r.getMessage()]
+    assert len(said) == 1
+    assert "0.500 s/iter" in said[0] and "the last 60 iterations" in said[0]
+    assert "(in 0:07:50," in said[0]  # 940 iterations left at iteration 60
