@@ -32,7 +32,7 @@ def test_the_audit_sees_each_kind_of_sync():
         torch.nonzero(x)
         x.unique()
         y = x.clone()
-        y[x > 0] = 1.0
+        y[x > 0] = torch.tensor(1.0)  # index_put_ (a Python scalar became masked_fill_ in torch 2.15: no sync)
         host = x.cpu()  # one copy to the host; what is computed from it alone is not a sync
         float(host[0] * 2)
         x[torch.tensor([1, 2])]  # an integer index: no sync
