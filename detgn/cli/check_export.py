@@ -33,7 +33,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from detgn.config import ConfigError, load_config, parse_args_with_overrides
+from detgn.cli.common import load_config_or_report
+from detgn.config import parse_args_with_overrides
 from detgn.engine import Predictor
 from detgn.export import ExportedPredictor
 from detgn.benchmark.backends import make_random_weights_decisive
@@ -88,10 +89,8 @@ def _ap(predictor, dataset, out_json):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     setup_logger()
-    try:
-        cfg = load_config(args.config, args.opts + ["CPU.BF16", "off"])
-    except ConfigError as e:
-        print(f"Config error: {e}", file=sys.stderr)
+    cfg = load_config_or_report(args.config, args.opts + ["CPU.BF16", "off"])
+    if cfg is None:
         return 2
     torch.manual_seed(0)
     reference = Predictor(cfg)

@@ -21,7 +21,8 @@ import sys
 from typing import Optional, Sequence
 
 from detgn.checkpoint import CheckpointError
-from detgn.config import ConfigError, load_config, parse_args_with_overrides
+from detgn.cli.common import load_config_or_report
+from detgn.config import parse_args_with_overrides
 from detgn.export import ExportError, export_model
 from detgn.export.exporter import describe
 from detgn.utils.logger import setup_logger
@@ -39,10 +40,8 @@ def parse_args(argv: Optional[Sequence[str]] = None):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     setup_logger()
-    try:
-        cfg = load_config(args.config, args.opts)
-    except ConfigError as e:
-        print(f"Config error: {e}", file=sys.stderr)
+    cfg = load_config_or_report(args.config, args.opts)
+    if cfg is None:
         return 2
     if not cfg.MODEL.WEIGHTS:
         print("error: give the trained weights: MODEL.WEIGHTS path/to/model_final.pth", file=sys.stderr)

@@ -25,7 +25,8 @@ import sys
 from typing import Optional, Sequence
 
 from detgn.checkpoint import CheckpointError
-from detgn.config import ConfigError, load_config, parse_args_with_overrides
+from detgn.cli.common import load_config_or_report
+from detgn.config import parse_args_with_overrides
 from detgn.data import CocoFormatError, ImageReadError
 from detgn.export import ExportError
 from detgn.export import predict as P
@@ -56,10 +57,8 @@ def parse_args(argv: Optional[Sequence[str]] = None):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     setup_logger()
-    try:
-        cfg = load_config(args.config, args.opts) if args.config else None
-    except ConfigError as e:
-        print(f"Config error: {e}", file=sys.stderr)
+    cfg = load_config_or_report(args.config, args.opts) if args.config else None
+    if args.config and cfg is None:
         return 2
     try:
         predictor, names, category_ids = P.predictor_for(args.backend, model_dir=args.model, cfg=cfg,

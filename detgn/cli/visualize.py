@@ -22,7 +22,8 @@ import sys
 from typing import List, Optional, Sequence
 
 from detgn.checkpoint import CheckpointError
-from detgn.config import ConfigError, load_config, parse_args_with_overrides
+from detgn.cli.common import load_config_or_report
+from detgn.config import parse_args_with_overrides
 from detgn.data import CocoFormatError, DatasetCatalog, ImageReadError
 from detgn.engine import Predictor
 from detgn.visualization.predictions import class_names_for, list_images, visualize_dataset, visualize_files
@@ -59,10 +60,8 @@ def parse_args(argv: Optional[Sequence[str]] = None):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     setup_logger()
-    try:
-        cfg = load_config(args.config, args.opts)
-    except ConfigError as e:
-        print(f"Config error: {e}", file=sys.stderr)
+    cfg = load_config_or_report(args.config, args.opts)
+    if cfg is None:
         return 2
     if args.dataset and args.dataset not in DatasetCatalog:
         try:
