@@ -322,6 +322,10 @@ _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = 2
 # Group images of like aspect ratio into a batch (only matters with IMS_PER_GPU > 1).
 _C.DATALOADER.ASPECT_RATIO_GROUPING = True
+# Width/height bounds of the aspect-ratio groups: (1.0,) is landscape vs portrait
+# (detectron2's grouping). Finer groups, e.g. (0.6, 0.8, 1.0, 1.25, 1.6), pad a batch less
+# when the images' aspect ratios vary widely.
+_C.DATALOADER.ASPECT_RATIO_BOUNDS = (1.0,)
 # Drop training images that have no usable annotation.
 _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
 # Training image files that fail to read (missing, truncated, not an image) are

@@ -14,6 +14,7 @@ its :class:`BadImageTracker` recorded, so exact resume holds with bad images too
 """
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Union
@@ -209,6 +210,7 @@ def make_train_loader(
     seed: int,
     num_workers: int = 0,
     aspect_ratio_grouping: bool = True,
+    aspect_ratio_bounds: Sequence[float] = (1.0,),
     max_bad_images: int = 0,
     max_bad_images_fraction: float = 0.0,
     bad_images: Optional[BadImageTracker] = None,
@@ -227,7 +229,9 @@ def make_train_loader(
             any other callable is called ``mapper(record)``.
         batch_size: images per batch on this rank.
         seed: seed of the sample order and of every augmentation.
-        aspect_ratio_grouping: batches of images that are all landscape or all portrait.
+        aspect_ratio_grouping: batches of images of one aspect-ratio group.
+        aspect_ratio_bounds: the groups' width/height bounds, ascending: ``(1.0,)`` makes
+            the groups portrait (w/h < 1) and landscape (w/h >= 1).
         max_bad_images, max_bad_images_fraction: limits of a tracker made here (see
             :class:`BadImageTracker`); not used when ``bad_images`` is given.
         bad_images: the run's :class:`BadImageTracker` (its files are skipped, its saved
@@ -243,7 +247,7 @@ def make_train_loader(
     bad_images.attach([r.get("file_name") for r in dataset_dicts], world_size=world_size, validate_hint=validate_hint)
     group_ids = None
     if aspect_ratio_grouping and batch_size > 1:
-        group_ids = [0 if r["width"] >= r["height"] else 1 for r in dataset_dicts]
+        group_ids = aspect_ratio_groups(dataset_dicts, aspect_ratio_bounds)
     sampler_batch = bad_images.resume_batch(start_batch, rank=rank, world_size=world_size, batch_size=batch_size)
     batch_sampler = TrainBatchSampler(
         len(dataset_dicts), batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
@@ -252,6 +256,14 @@ def make_train_loader(
     dataset = _TrainDataset(dataset_dicts, mapper, seed)
     return TrainLoader(dataset, batch_sampler, num_workers=num_workers, seed=seed, bad_images=bad_images,
                        start_batch=start_batch)
+
+
+def aspect_ratio_groups(dataset_dicts: Sequence[dict], bounds: Sequence[float]) -> List[int]:
+    """The aspect-ratio group of each record: the number of ``bounds`` at or below its width/height."""
+    bounds = [float(b) for b in bounds]
+    if any(b <= 0 for b in bounds) or bounds != sorted(set(bounds)):
+        raise ValueError(f"DATALOADER.ASPECT_RATIO_BOUNDS must be positive and ascending, got {tuple(bounds)}")
+    return [bisect.bisect_right(bounds, r["width"] / r["height"]) for r in dataset_dicts]
 
 
 def _resolve_seed(seed: int) -> int:
@@ -265,6 +277,7 @@ def _resolve_seed(seed: int) -> int:
 
 def train_loader_from_config(cfg, records: List[dict], *, mapper: Callable, start_batch: int,
                              bad_images: Optional[BadImageTracker], aspect_ratio_grouping: bool,
+                             aspect_ratio_bounds: Sequence[float] = (1.0,),
                              validate_hint: Optional[str]) -> TrainLoader:
     """:func:`make_train_loader` of ``records`` with the config's batch (``SOLVER.IMS_PER_GPU``), seed,
     workers and (when ``bad_images`` is None) a new tracker with the ``DATALOADER.MAX_BAD_IMAGES*`` limits."""
@@ -275,6 +288,7 @@ def train_loader_from_config(cfg, records: List[dict], *, mapper: Callable, star
         seed=_resolve_seed(cfg.SEED),
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         aspect_ratio_grouping=aspect_ratio_grouping,
+        aspect_ratio_bounds=aspect_ratio_bounds,
         bad_images=bad_images if bad_images is not None else BadImageTracker.from_config(cfg),
         start_batch=start_batch,
         validate_hint=validate_hint,
@@ -307,6 +321,7 @@ def build_detection_train_loader(
     return train_loader_from_config(
         cfg, records, mapper=mapper if mapper is not None else DatasetMapper.from_config(cfg, True),
         start_batch=start_batch, bad_images=bad_images, aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+        aspect_ratio_bounds=cfg.DATALOADER.ASPECT_RATIO_BOUNDS,
         validate_hint=_validate_hint(names),
     )
 
