@@ -18,7 +18,17 @@ from detgn.data.build import build_detection_train_loader
 __all__ = ["benchmark_loader"]
 
 
-def benchmark_loader(cfg, num_images: int, *, warmup_images: int = 20, window: int = 20) -> Dict[str, object]:
+def batch_pixels(batch, size_divisibility: int) -> tuple:
+    """(padded pixels, image pixels) of one batch of model inputs (``d["image"]``: C, H, W)."""
+    d = max(1, int(size_divisibility))
+    hs = [x["image"].shape[-2] for x in batch]
+    ws = [x["image"].shape[-1] for x in batch]
+    ph, pw = -(-max(hs) // d) * d, -(-max(ws) // d) * d
+    return ph * pw * len(batch), sum(h * w for h, w in zip(hs, ws))
+
+
+def benchmark_loader(cfg, num_images: int, *, warmup_images: int = 20, window: int = 20,
+                     size_divisibility: int = 32) -> Dict[str, object]:
     """Time ``num_images`` images of the training loader of ``cfg`` after a warm-up.
 
     Args:
@@ -29,7 +39,9 @@ def benchmark_loader(cfg, num_images: int, *, warmup_images: int = 20, window: i
     Returns:
         dict with ``images_per_s`` (median over windows), ``mean_images_per_s`` (all timed
         images / time), ``startup_s`` (build + first batch), ``num_images``, ``num_workers``,
-        ``ims_per_gpu``, ``seconds`` (timed part), ``window_images_per_s`` (list).
+        ``ims_per_gpu``, ``seconds`` (timed part), ``window_images_per_s`` (list), and
+        ``pad_factor``: the pixels the model computes on (each batch padded to its largest
+        image, rounded up to a multiple of ``size_divisibility``) over the images' own pixels.
     """
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
@@ -44,8 +56,12 @@ def benchmark_loader(cfg, num_images: int, *, warmup_images: int = 20, window: i
     timed = 0
     start = last = time.perf_counter()
     in_window = 0
+    padded = pixels = 0
     while timed < num_images:
-        n = len(next(it))
+        batch = next(it)
+        n = len(batch)
+        p, q = batch_pixels(batch, size_divisibility)
+        padded, pixels = padded + p, pixels + q
         timed += n
         in_window += n
         now = time.perf_counter()
@@ -64,4 +80,5 @@ def benchmark_loader(cfg, num_images: int, *, warmup_images: int = 20, window: i
         "ims_per_gpu": cfg.SOLVER.IMS_PER_GPU,
         "seconds": seconds,
         "window_images_per_s": windows,
+        "pad_factor": padded / pixels,
     }
