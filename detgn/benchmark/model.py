@@ -213,12 +213,14 @@ def benchmark_torchvision(cfg, task: str, *, height: int, width: int, warmup: in
 # The speed modes ``tools/benchmark.py --modes`` compares, as config overrides: today's fp32
 # (no bf16, contiguous NCHW tensors), plain bf16 autocast (what a user wrapping
 # ``torch.autocast`` around the same model gets), and the config as given (``CPU.BF16 auto``
-# and the config's ``CPU.CHANNELS_LAST``: what a user gets by default).
+# and the config's ``CPU.CHANNELS_LAST``: what a user gets by default), and the defaults with
+# the backbone under ``torch.compile`` (``MODEL.COMPILE backbone``; compare it with ``default``).
 SPEED_MODES = {
     "fp32": ("CPU.BF16", "off", "CPU.CHANNELS_LAST", "False"),
     "autocast": ("CPU.BF16", "on", "CPU.CHANNELS_LAST", "False"),
     "autocast_cl": ("CPU.BF16", "on", "CPU.CHANNELS_LAST", "True"),
     "fp32_cl": ("CPU.BF16", "off", "CPU.CHANNELS_LAST", "True"),
+    "compiled": ("MODEL.COMPILE", "backbone"),
     "default": (),
 }
 

@@ -49,7 +49,7 @@ def main(argv=None):
     ap.add_argument("--backend", help="inference: comma-separated backends to compare (or 'all'): "
                     "torch, torch_bf16, onnxruntime, openvino, openvino_bf16, torch_export")
     ap.add_argument("--modes", help="comma-separated speed modes to compare, each in its own process: "
-                    "fp32, autocast, autocast_cl, fp32_cl, default")
+                    "fp32, autocast, autocast_cl, fp32_cl, default, compiled")
     ap.add_argument("--profile", metavar="FILE.md", help="profile --iters steps under torch.profiler; write the tables")
     ap.add_argument("--json", help="append the results as JSON lines to this file")
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")

@@ -34,6 +34,11 @@ _C.MODEL.DEVICE = "cpu"
 # Weights to start from: a path, a URL or a model-zoo name
 # ("detgn://ImageNetPretrained/R-50-GN"). "" trains from scratch.
 _C.MODEL.WEIGHTS = ""
+# torch.compile (inductor) of a part of the model: "" (none, eager) or "backbone" (the
+# backbone with its FPN; each new input shape compiles again). Measured on the CPU demo
+# (AMD EPYC Zen 5 capped to AVX2, 2026-12-07): 39 s per shape and a 4% slower step, so it
+# is off everywhere. `detgn benchmark --modes fp32,compiled` measures it on a config.
+_C.MODEL.COMPILE = ""
 # Not needed for Detectron .pkl weights (read with a restricted unpickler that only
 # rebuilds dicts, strings, numbers and numpy arrays) nor for .pth state dicts (read
 # with torch.load(weights_only=True)). True is the escape hatch for a file that those

@@ -15,6 +15,7 @@ plugin) and ``torch`` (the ``torch.export`` program of a ``.pt2`` export).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -33,6 +34,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["ExportedPredictor", "BACKENDS"]
 
 # Backends that can run each export format; the first is the default.
+# Environment variables that cap oneDNN's instruction set (PyTorch's and OpenVINO's copies read them).
+ONEDNN_CAP_VARS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 BACKENDS = {"onnx": ("onnxruntime", "openvino"), "torch_export": ("torch",)}
 
 
@@ -107,12 +110,22 @@ class ExportedPredictor:
         check_embedded(self.metadata, embedded or "{}", str(self.model_path))
         self._check_io([i.name for i in proto.graph.input], [o.name for o in proto.graph.output])
         core = ov.Core()
+        removed = {k: os.environ.pop(k) for k in ONEDNN_CAP_VARS if k in os.environ}
+        if removed:
+            # OpenVINO 2026.4.1 crashes (SIGSEGV in infer) when its oneDNN is capped below the
+            # CPU's ISA (seen with ONEDNN_MAX_CPU_ISA=AVX2 on an AVX-512 AMD EPYC Zen 5): its own
+            # kernels still use the CPU's full ISA. It compiles without the cap, which is put back.
+            logger.warning("OpenVINO runs without %s (it crashes under a capped oneDNN); its kernels "
+                           "use the CPU's full instruction set", ", ".join(f"{k}={v}" for k, v in removed.items()))
         # OpenVINO picks bf16 by itself on CPUs with native bf16; fp32 unless bf16 is asked for.
         config = {"INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32"}
         if num_threads > 0:
             config["INFERENCE_NUM_THREADS"] = num_threads
-        compiled = core.compile_model(core.read_model(str(self.model_path)), "CPU", config)
-        request = compiled.create_infer_request()
+        try:
+            compiled = core.compile_model(core.read_model(str(self.model_path)), "CPU", config)
+            request = compiled.create_infer_request()
+        finally:
+            os.environ.update(removed)
 
         def run(image, size):
             result = request.infer({"image": image, "original_size": size})

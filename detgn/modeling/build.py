@@ -59,9 +59,23 @@ def build_model(cfg) -> nn.Module:
         # Conv weights in NHWC make the convs' outputs NHWC too, so the activations follow.
         model.to(memory_format=torch.channels_last)
     _configure_evalnorm(cfg, model)
+    _compile_parts(cfg, model)
     if cfg.VERBOSE_STARTUP:
         logger.info("Model:\n%s", describe_model(model))
     return model
+
+
+COMPILE_PARTS = ("", "backbone")
+
+
+def _compile_parts(cfg, model: nn.Module) -> None:
+    """MODEL.COMPILE: ``torch.compile`` the named part in place (``nn.Module.compile``: the
+    parameters and the state dict keep their names, so checkpoints are unchanged)."""
+    part = cfg.MODEL.COMPILE
+    if part not in COMPILE_PARTS:
+        raise ConfigError(f"MODEL.COMPILE = {part!r}; choose one of {list(COMPILE_PARTS)}")
+    if part:
+        getattr(model, part).compile()
 
 
 def _configure_evalnorm(cfg, model: nn.Module) -> None:
