@@ -33,9 +33,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ExportedPredictor", "BACKENDS"]
 
-# Backends that can run each export format; the first is the default.
 # Environment variables that cap oneDNN's instruction set (PyTorch's and OpenVINO's copies read them).
 ONEDNN_CAP_VARS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+# Backends that can run each export format; the first is the default.
 BACKENDS = {"onnx": ("onnxruntime", "openvino"), "torch_export": ("torch",)}
 
 
