@@ -35,9 +35,10 @@ _C.MODEL.DEVICE = "cpu"
 # ("detgn://ImageNetPretrained/R-50-GN"). "" trains from scratch.
 _C.MODEL.WEIGHTS = ""
 # torch.compile (inductor) of a part of the model: "" (none, eager) or "backbone" (the
-# backbone with its FPN; each new input shape compiles again). Measured on the CPU demo
-# (AMD EPYC Zen 5 capped to AVX2, 2026-12-07): 39 s per shape and a 4% slower step, so it
-# is off everywhere. `detgn benchmark --modes fp32,compiled` measures it on a config.
+# backbone with its FPN; each new input shape compiles again, 39 s per shape for the CPU
+# demo). Off everywhere: its speed was not validly measured (under ATEN_CPU_CAPABILITY=avx2
+# inductor's code gave NaN features, so it is refused where inductor would generate AVX2
+# code). `detgn benchmark --modes default,compiled` measures it on a config.
 _C.MODEL.COMPILE = ""
 # Not needed for Detectron .pkl weights (read with a restricted unpickler that only
 # rebuilds dicts, strings, numbers and numpy arrays) nor for .pth state dicts (read

@@ -75,7 +75,21 @@ def _compile_parts(cfg, model: nn.Module) -> None:
     if part not in COMPILE_PARTS:
         raise ConfigError(f"MODEL.COMPILE = {part!r}; choose one of {list(COMPILE_PARTS)}")
     if part:
+        if _inductor_vec_isa() == "avx2":
+            raise ConfigError(
+                f"MODEL.COMPILE = {part!r}: torch.compile would generate AVX2 code here (the CPU or "
+                "ATEN_CPU_CAPABILITY), and that code gave NaN backbone features with torch 2.14.1 "
+                "(AMD EPYC Zen 5 under ATEN_CPU_CAPABILITY=avx2, 2026-12-07). Use MODEL.COMPILE \"\" (eager).")
         getattr(model, part).compile()
+
+
+def _inductor_vec_isa() -> str:
+    """The vector ISA inductor generates CPU code for ("avx2", "avx512", ...; "" if unknown)."""
+    try:
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+    except ImportError:
+        return ""
+    return str(pick_vec_isa())
 
 
 def _configure_evalnorm(cfg, model: nn.Module) -> None:
