@@ -14,17 +14,16 @@ import time
 from typing import Dict, List
 
 from detgn.data.build import build_detection_train_loader
+from detgn.structures.image_list import ImageList
 
 __all__ = ["benchmark_loader"]
 
 
 def batch_pixels(batch, size_divisibility: int) -> tuple:
     """(padded pixels, image pixels) of one batch of model inputs (``d["image"]``: C, H, W)."""
-    d = max(1, int(size_divisibility))
-    hs = [x["image"].shape[-2] for x in batch]
-    ws = [x["image"].shape[-1] for x in batch]
-    ph, pw = -(-max(hs) // d) * d, -(-max(ws) // d) * d
-    return ph * pw * len(batch), sum(h * w for h, w in zip(hs, ws))
+    sizes = [(int(x["image"].shape[-2]), int(x["image"].shape[-1])) for x in batch]
+    ph, pw = ImageList.padded_size(sizes, size_divisibility)  # the model's own padding rule
+    return ph * pw * len(batch), sum(h * w for h, w in sizes)
 
 
 def benchmark_loader(cfg, num_images: int, *, warmup_images: int = 20, window: int = 20,

@@ -29,18 +29,25 @@ class ImageList:
         return self.tensor.device
 
     @staticmethod
-    def from_tensors(
-        tensors: List[torch.Tensor], size_divisibility: int = 0, pad_value: float = 0.0
-    ) -> "ImageList":
-        """Pad (C, H, W) tensors to a common size, a multiple of ``size_divisibility``."""
-        assert len(tensors) > 0
-        image_sizes = [(int(t.shape[-2]), int(t.shape[-1])) for t in tensors]
+    def padded_size(image_sizes: List[Tuple[int, int]], size_divisibility: int = 0) -> Tuple[int, int]:
+        """(H, W) that :meth:`from_tensors` pads images of ``image_sizes`` to: the largest
+        height and width, each rounded up to a multiple of ``size_divisibility`` (if > 1)."""
         max_h = max(s[0] for s in image_sizes)
         max_w = max(s[1] for s in image_sizes)
         if size_divisibility > 1:
             d = size_divisibility
             max_h = (max_h + d - 1) // d * d
             max_w = (max_w + d - 1) // d * d
+        return max_h, max_w
+
+    @staticmethod
+    def from_tensors(
+        tensors: List[torch.Tensor], size_divisibility: int = 0, pad_value: float = 0.0
+    ) -> "ImageList":
+        """Pad (C, H, W) tensors to a common size, a multiple of ``size_divisibility``."""
+        assert len(tensors) > 0
+        image_sizes = [(int(t.shape[-2]), int(t.shape[-1])) for t in tensors]
+        max_h, max_w = ImageList.padded_size(image_sizes, size_divisibility)
         if len(tensors) == 1:
             t = tensors[0]
             pad = (0, max_w - t.shape[-1], 0, max_h - t.shape[-2])
